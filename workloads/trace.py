@@ -28,3 +28,20 @@ class Request:
     output_len_hint: int | None = None
     # Mooncake-style prefix block ids: equal ids = equal 512-token prompt blocks.
     prefix_hash_ids: tuple[int, ...] = field(default_factory=tuple)
+
+
+class Trace(list):
+    """``list[Request]`` that also remembers where it came from and what the loader skipped."""
+
+    def __init__(self, requests=(), *, source: str = "", skipped: dict[str, int] | None = None):
+        super().__init__(requests)
+        self.source = source
+        self.skipped: dict[str, int] = dict(skipped or {})
+
+    def derive(self, requests) -> "Trace":
+        """A new trace with other rows but the same provenance (used by transforms)."""
+        return Trace(requests, source=self.source, skipped=self.skipped)
+
+    @property
+    def duration_s(self) -> float:
+        return max((r.arrival_s for r in self), default=0.0)

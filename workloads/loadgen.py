@@ -1,0 +1,321 @@
+"""HTTP load generator for vLLM's OpenAI ``/v1/completions`` (asyncio + aiohttp).
+
+Open loop (default): each request is sent at its trace time, never waiting for earlier responses
+(optionally capped at ``max_concurrency`` in-flight; a capped request is sent late and its send
+lag shows it). Closed loop: ``closed_loop_users`` users each send their next request as soon as
+their previous one finished. Responses are streamed with ``ignore_eos`` and ``max_tokens`` so
+output lengths follow the trace; ``return_token_ids`` tells how many tokens each chunk carries.
+Errors and timeouts become records with ``error`` set; they never stop the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+import aiohttp
+
+from workloads.records import RequestRecord
+from workloads.trace import Request
+
+ProgressFn = Callable[[int, int, int], None]  # (done, total, in_flight)
+
+
+def request_body(model: str, r: Request) -> dict[str, Any]:
+    """The ``/v1/completions`` JSON for one request, with the policy metadata of the brief."""
+    if r.prompt_token_ids is not None:
+        prompt: Any = list(r.prompt_token_ids)
+    elif r.prompt is not None:
+        prompt = r.prompt
+    else:
+        raise ValueError(
+            f"request {r.request_id!r} has no prompt; call workloads.prompts.materialize(requests, model_dir) first"
+        )
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": int(r.output_len),
+        "ignore_eos": True,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "return_token_ids": True,
+    }
+    if r.priority:  # vLLM rejects non-zero priority unless the server schedules by priority
+        body["priority"] = int(r.priority)
+    xargs: dict[str, Any] = {"tenant": r.tenant}
+    if r.deadline_s is not None:
+        xargs["deadline_s"] = float(r.deadline_s)
+    if r.output_len_hint is not None:
+        xargs["output_len_hint"] = int(r.output_len_hint)
+    body["vllm_xargs"] = xargs
+    return body
+
+
+class _Run:
+    """One load-generation run: shared session, run clock ``t0``, progress counters."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, model: str, timeout_s: float,
+                 on_progress: ProgressFn | None, total: int):
+        self.session, self.url, self.model = session, url, model
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.timeout_s = timeout_s
+        self.on_progress, self.total = on_progress, total
+        self.t0 = time.perf_counter()
+        self.done = self.in_flight = 0
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    async def send(self, r: Request, scheduled_s: float, *, warmup: bool = False,
+                   sem: asyncio.Semaphore | None = None) -> RequestRecord:
+        rec = RequestRecord(
+            request_id=r.request_id, tenant=r.tenant, priority=r.priority, deadline_s=r.deadline_s,
+            scheduled_send_s=scheduled_s, requested_output_tokens=r.output_len, prompt_tokens=r.prompt_len,
+            warmup=warmup,
+        )
+        if sem is not None:
+            async with sem:
+                await self._send(r, rec)
+        else:
+            await self._send(r, rec)
+        if not warmup:
+            self.done += 1
+            if self.on_progress is not None:
+                self.on_progress(self.done, self.total, self.in_flight)
+        return rec
+
+    async def _send(self, r: Request, rec: RequestRecord) -> None:
+        try:
+            body = request_body(self.model, r)
+        except ValueError as e:
+            rec.error = str(e)
+            return
+        self.in_flight += 1
+        start = time.perf_counter()
+        rec.actual_send_s = start - self.t0
+        try:
+            async with self.session.post(self.url, json=body, timeout=self.timeout) as resp:
+                rec.status = resp.status
+                if resp.status != 200:
+                    rec.error = f"HTTP {resp.status}: {(await resp.text())[:500]}"
+                    return
+                await self._read_stream(resp, rec, start)
+        except asyncio.TimeoutError:
+            rec.error = f"timeout after {self.timeout_s:g} s"
+        except Exception as e:  # noqa: BLE001 - a broken request is a record, never a crashed run
+            rec.error = f"{type(e).__name__}: {e}"
+        finally:
+            self.in_flight -= 1
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse, rec: RequestRecord, start: float) -> None:
+        first = last = None
+        streamed = 0
+        usage = None
+        buf = b""
+        # Own line splitting: a first chunk echoing a long prompt's token ids can exceed aiohttp's line limit.
+        async for chunk in resp.content.iter_any():
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    continue
+                obj = json.loads(data)
+                if "error" in obj:
+                    rec.error = f"stream error: {obj['error']}"
+                    return
+                if obj.get("usage"):
+                    usage = obj["usage"]
+                for choice in obj.get("choices") or ():
+                    ids = choice.get("token_ids")
+                    n = len(ids) if ids is not None else (1 if choice.get("text") else 0)
+                    if n == 0:
+                        continue
+                    now = time.perf_counter()
+                    if first is None:
+                        first = now
+                        rec.ttft_s = now - start
+                    else:
+                        rec.itl_s.append(now - last)
+                    rec.itl_s.extend([0.0] * (n - 1))  # tokens delivered together in one chunk
+                    last = now
+                    streamed += n
+        rec.e2e_s = time.perf_counter() - start
+        if usage:
+            rec.prompt_tokens = int(usage.get("prompt_tokens", rec.prompt_tokens))
+            rec.output_tokens = int(usage.get("completion_tokens", streamed))
+        else:
+            rec.output_tokens = streamed
+        if first is None and rec.output_tokens > 0:
+            rec.error = "stream ended without any token chunk"
+
+
+def _warmup_copy(r: Request, i: int) -> Request:
+    # Reversed prompt: same length, but no prefix-cache hits shared with the measured requests.
+    ids = None if r.prompt_token_ids is None else list(reversed(r.prompt_token_ids))
+    text = None if r.prompt is None else r.prompt[::-1]
+    return replace(r, request_id=f"warmup-{i}", prompt_token_ids=ids, prompt=text)
+
+
+def _connector(max_concurrency: int | None, closed_loop_users: int | None) -> aiohttp.TCPConnector:
+    limit = closed_loop_users or max_concurrency or 0  # 0 = unlimited (open loop)
+    return aiohttp.TCPConnector(limit=limit, ttl_dns_cache=None, keepalive_timeout=60)
+
+
+async def run_load(
+    base_url: str,
+    model: str,
+    requests: Sequence[Request],
+    *,
+    max_concurrency: int | None = None,
+    closed_loop_users: int | None = None,
+    warmup: int = 0,
+    request_timeout_s: float = 600.0,
+    on_progress: ProgressFn | None = None,
+    session: aiohttp.ClientSession | None = None,
+    on_measure_start: Callable[[], Any] | None = None,
+) -> list[RequestRecord]:
+    """Replay ``requests`` against ``base_url`` and return warm-up records then measured ones.
+
+    ``warmup`` requests (copies of the first ones, with reversed prompts) are sent and awaited
+    before the clock starts. ``on_measure_start`` (sync or async) runs right before the measured
+    part, e.g. to scrape ``/metrics``.
+    """
+    if max_concurrency is not None and max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+    if closed_loop_users is not None and closed_loop_users < 1:
+        raise ValueError(f"closed_loop_users must be >= 1, got {closed_loop_users}")
+    reqs = sorted(requests, key=lambda r: r.arrival_s)
+    own = session is None
+    if own:
+        session = aiohttp.ClientSession(
+            connector=_connector(max_concurrency, closed_loop_users), read_bufsize=1 << 20
+        )
+    try:
+        run = _Run(session, base_url.rstrip("/") + "/v1/completions", model, request_timeout_s,
+                   on_progress, len(reqs))
+        sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        warm = await asyncio.gather(
+            *(run.send(_warmup_copy(r, i), 0.0, warmup=True, sem=sem) for i, r in enumerate(reqs[:warmup]))
+        )
+        if on_measure_start is not None:
+            res = on_measure_start()
+            if asyncio.iscoroutine(res):
+                await res
+        if on_progress is not None:
+            on_progress(0, len(reqs), 0)
+        run.t0 = time.perf_counter()
+        if closed_loop_users:
+            records = await _closed_loop(run, reqs, closed_loop_users)
+        else:
+            records = await _open_loop(run, reqs, sem)
+        return list(warm) + records
+    finally:
+        if own:
+            await session.close()
+
+
+async def _open_loop(run: _Run, reqs: list[Request], sem: asyncio.Semaphore | None) -> list[RequestRecord]:
+    base = reqs[0].arrival_s if reqs else 0.0
+    tasks = []
+    for r in reqs:
+        scheduled = r.arrival_s - base
+        delay = scheduled - run.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(run.send(r, scheduled, sem=sem)))
+    return list(await asyncio.gather(*tasks))
+
+
+async def _closed_loop(run: _Run, reqs: list[Request], users: int) -> list[RequestRecord]:
+    out: list[RequestRecord | None] = [None] * len(reqs)
+    next_i = 0
+
+    async def user() -> None:
+        nonlocal next_i
+        while next_i < len(reqs):
+            i = next_i
+            next_i += 1
+            out[i] = await run.send(reqs[i], run.now())  # no schedule: due as soon as the user is free
+
+    await asyncio.gather(*(user() for _ in range(users)))
+    return out  # type: ignore[return-value]
+
+
+def _run_async(coro):
+    try:
+        import uvloop  # ships with vLLM; lower per-request overhead than the default loop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def replay(
+    base_url: str,
+    model: str,
+    requests: Sequence[Request],
+    *,
+    max_concurrency: int | None = None,
+    closed_loop_users: int | None = None,
+    warmup: int = 0,
+    request_timeout_s: float = 600.0,
+    on_progress: ProgressFn | None = None,
+) -> list[RequestRecord]:
+    """Synchronous ``run_load``: replay ``requests`` against a server and return the records."""
+    return _run_async(
+        run_load(base_url, model, requests, max_concurrency=max_concurrency,
+                 closed_loop_users=closed_loop_users, warmup=warmup,
+                 request_timeout_s=request_timeout_s, on_progress=on_progress)
+    )
+
+
+@dataclass
+class LoadResult:
+    """A replay together with the server's ``/metrics`` before/after and sampled over time."""
+
+    records: list[RequestRecord]
+    server_before: dict[str, float]
+    server_after: dict[str, float]
+    samples: Any  # pandas.DataFrame: t_s, num_running, num_waiting, kv_cache_usage
+
+
+async def run_load_with_server_metrics(
+    base_url: str, model: str, requests: Sequence[Request], *, sample_interval_s: float = 0.5, **kw: Any
+) -> LoadResult:
+    """``run_load`` while sampling the server's ``/metrics`` every ``sample_interval_s``."""
+    from workloads.server_metrics import sample_server, scrape_async
+
+    async with aiohttp.ClientSession() as metrics_session:
+        state: dict[str, Any] = {}
+        stop = asyncio.Event()
+
+        async def measure_start() -> None:
+            state["before"] = await scrape_async(base_url, metrics_session)
+            state["sampler"] = asyncio.create_task(
+                sample_server(base_url, stop, interval_s=sample_interval_s, session=metrics_session)
+            )
+
+        try:
+            records = await run_load(base_url, model, requests, on_measure_start=measure_start, **kw)
+        finally:
+            stop.set()
+        if "sampler" not in state:
+            raise RuntimeError("the run failed before /metrics sampling started")
+        samples = await state["sampler"]
+        after = await scrape_async(base_url, metrics_session)
+    return LoadResult(records, state["before"], after, samples)
+
+
+def replay_with_server_metrics(
+    base_url: str, model: str, requests: Sequence[Request], *, sample_interval_s: float = 0.5, **kw: Any
+) -> LoadResult:
+    """Synchronous ``run_load_with_server_metrics`` (same keyword options as ``replay``)."""
+    return _run_async(
+        run_load_with_server_metrics(base_url, model, requests, sample_interval_s=sample_interval_s, **kw)
+    )

@@ -1,0 +1,115 @@
+"""vLLM's Prometheus ``/metrics``: scrape, sample over time, and summarize as ``server_*`` metrics.
+
+Names are those of vLLM 0.32 (``vllm/v1/metrics/loggers.py``). Counters are read before and after
+a run (differences); gauges (running/waiting requests, KV-cache usage) are sampled over time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import urllib.request
+
+import aiohttp
+import numpy as np
+import pandas as pd
+
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+KV_USAGE = "vllm:kv_cache_usage_perc"  # a fraction in [0, 1] despite the name
+PREEMPTIONS = "vllm:num_preemptions_total"
+PREFIX_HITS = "vllm:prefix_cache_hits_total"  # tokens
+PREFIX_QUERIES = "vllm:prefix_cache_queries_total"  # tokens
+PROMPT_TOKENS = "vllm:prompt_tokens_total"
+GENERATION_TOKENS = "vllm:generation_tokens_total"
+REQUEST_SUCCESS = "vllm:request_success_total"
+SAMPLE_COLUMNS = ["t_s", "num_running", "num_waiting", "kv_cache_usage"]
+
+
+def parse(text: str) -> dict[str, float]:
+    """Prometheus text -> ``{sample name: value}``, summed over label sets (engines, finish reasons).
+
+    Histogram buckets and quantiles are dropped (their ``_sum``/``_count`` stay).
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if "le" in s.labels or "quantile" in s.labels or s.name.endswith("_created"):
+                continue
+            out[s.name] = out.get(s.name, 0.0) + float(s.value)
+    return out
+
+
+def scrape(base_url: str, timeout_s: float = 10.0) -> dict[str, float]:
+    """GET ``base_url/metrics`` and parse it."""
+    with urllib.request.urlopen(base_url.rstrip("/") + "/metrics", timeout=timeout_s) as resp:
+        return parse(resp.read().decode())
+
+
+async def scrape_async(base_url: str, session: aiohttp.ClientSession) -> dict[str, float]:
+    async with session.get(base_url.rstrip("/") + "/metrics", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+        resp.raise_for_status()
+        return parse(await resp.text())
+
+
+async def sample_server(
+    base_url: str, stop: asyncio.Event, *, interval_s: float = 0.5,
+    session: aiohttp.ClientSession | None = None, t0: float | None = None,
+) -> pd.DataFrame:
+    """Sample running/waiting/KV-usage gauges every ``interval_s`` until ``stop`` is set.
+
+    ``t_s`` is seconds since ``t0`` (a ``time.perf_counter()`` value; default: now). A failed
+    scrape is skipped, not fatal: the sampler must never break the load run.
+    """
+    own = session is None
+    session = session or aiohttp.ClientSession()
+    t0 = time.perf_counter() if t0 is None else t0
+    rows = []
+    try:
+        while True:
+            try:
+                m = await scrape_async(base_url, session)
+                rows.append((time.perf_counter() - t0, m.get(RUNNING, math.nan), m.get(WAITING, math.nan),
+                             m.get(KV_USAGE, math.nan)))
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            try:
+                await asyncio.wait_for(stop.wait(), interval_s)
+                break
+            except asyncio.TimeoutError:
+                continue
+    finally:
+        if own:
+            await session.close()
+    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+
+
+def _delta(before: dict[str, float], after: dict[str, float], name: str) -> float:
+    if name not in after:
+        return math.nan
+    return after[name] - before.get(name, 0.0)
+
+
+def server_summary(
+    before: dict[str, float], after: dict[str, float], samples: pd.DataFrame | None = None
+) -> dict[str, float]:
+    """``server_*`` metrics of a run from scrapes before/after it and the sampled time series."""
+    hits, queries = _delta(before, after, PREFIX_HITS), _delta(before, after, PREFIX_QUERIES)
+    out = {
+        "server_num_preemptions": _delta(before, after, PREEMPTIONS),
+        "server_prefix_cache_hits": hits,
+        "server_prefix_cache_queries": queries,
+        "server_prefix_cache_hit_rate": hits / queries if queries and queries > 0 else math.nan,
+        "server_prompt_tokens": _delta(before, after, PROMPT_TOKENS),
+        "server_generation_tokens": _delta(before, after, GENERATION_TOKENS),
+        "server_num_requests_success": _delta(before, after, REQUEST_SUCCESS),
+    }
+    for col, name in (("kv_cache_usage", "kv_cache_usage"), ("num_running", "num_running"),
+                      ("num_waiting", "num_waiting")):
+        vals = np.asarray([] if samples is None or samples.empty else samples[col].dropna(), dtype=float)
+        out[f"server_{name}_mean"] = float(vals.mean()) if vals.size else math.nan
+        out[f"server_{name}_max"] = float(vals.max()) if vals.size else math.nan
+    return out
