@@ -1,0 +1,1 @@
+"""Built-in KV block allocators, one per file (registered in policies.registry)."""

@@ -1,0 +1,80 @@
+"""Policies by short name (``sjf``) or by dotted path to a user's class (``mypkg.mymod.MyPolicy``).
+
+A dotted path must be importable in the process that runs the scheduler (for ``vllm serve``: the
+engine-core process, so put your package on ``PYTHONPATH`` or install it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from policies.base import BlockAllocator, SchedulingPolicy
+
+SCHEDULING_POLICIES: dict[str, str] = {
+    "fcfs": "policies.scheduling.fcfs.FCFS",
+    "priority": "policies.scheduling.priority.Priority",
+    "sjf": "policies.scheduling.sjf.SJF",
+    "ljf": "policies.scheduling.ljf.LJF",
+    "edf": "policies.scheduling.edf.EDF",
+    "vtc": "policies.scheduling.vtc.VTC",
+    "mlfq": "policies.scheduling.mlfq.MLFQ",
+}
+
+BLOCK_ALLOCATORS: dict[str, str] = {
+    "default": "policies.allocators.default.DefaultAllocator",
+    "lowest_id": "policies.allocators.lowest_id.LowestIdAllocator",
+    "random": "policies.allocators.random.RandomAllocator",
+    "fifo_evict": "policies.allocators.fifo_evict.FIFOEvictAllocator",
+    "lru_evict": "policies.allocators.lru_evict.LRUEvictAllocator",
+    "tenant_quota": "policies.allocators.tenant_quota.TenantQuotaAllocator",
+}
+
+
+def _resolve(kind: str, name: str, known: dict[str, str], base: type) -> type:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{kind} must be a non-empty string, got {name!r}")
+    path = known.get(name)
+    if path is None:
+        if "." not in name:
+            raise ValueError(
+                f"unknown {kind} {name!r}; known: {', '.join(sorted(known))} "
+                f"(or a dotted path to your own class, e.g. 'mypkg.mymod.MyClass')"
+            )
+        path = name
+    module_name, _, attr = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load {kind} {name!r}: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{kind} {name!r} is {cls!r}, not a subclass of {base.__module__}.{base.__qualname__}")
+    return cls
+
+
+def scheduling_policy_class(name: str) -> type[SchedulingPolicy]:
+    return _resolve("scheduling policy", name, SCHEDULING_POLICIES, SchedulingPolicy)
+
+
+def block_allocator_class(name: str) -> type[BlockAllocator]:
+    return _resolve("block allocator", name, BLOCK_ALLOCATORS, BlockAllocator)
+
+
+def _build(cls: type, name: str, args: dict[str, Any] | None):
+    try:
+        obj = cls(**(args or {}))
+    except TypeError as e:
+        raise ValueError(f"bad arguments {args!r} for {name!r}: {e}") from e
+    if not type(obj).name:
+        obj.name = name
+    return obj
+
+
+def load_policy(name: str, args: dict[str, Any] | None = None) -> SchedulingPolicy:
+    """An instance of the scheduling policy ``name`` built with keyword arguments ``args``."""
+    return _build(scheduling_policy_class(name), name, args)
+
+
+def load_allocator(name: str, args: dict[str, Any] | None = None) -> BlockAllocator:
+    """An instance of the block allocator ``name`` built with keyword arguments ``args``."""
+    return _build(block_allocator_class(name), name, args)

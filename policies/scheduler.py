@@ -1,0 +1,126 @@
+"""``PolicyScheduler``: vLLM's v1 Scheduler with a SchedulingPolicy and a BlockAllocator plugged in.
+
+Loaded by ``vllm serve --scheduler-cls policies.scheduler.PolicyScheduler`` (in the engine-core
+process) or in-process via ``policies.inprocess.make_scheduler``; which policy/allocator to use comes
+from ``vllm_config.additional_config["schedlab"]`` (see ``policies.schedlab_config``).
+
+vLLM's ``schedule()`` is not copied; four small hooks:
+- waiting order: ``self.waiting`` / ``self.kv_holding_waiting`` become queues ordered by the policy;
+- admission: ``_handle_blocked_waiting_request`` (vLLM's per-request "skip this step" hook) also
+  asks ``policy.admit`` and ``allocator.admit``;
+- preemption victim: before each step ``self.running`` is stably sorted by ``policy.preemption_key``.
+  vLLM's FCFS path preempts ``self.running.pop()`` — now the largest key — through
+  ``_preempt_request`` (metrics, ``num_preemptions``), and since the largest key is last it is never
+  a request already scheduled earlier in this step, so no budget fix-up is needed. Sorted order is
+  also the order in which running requests get the step's token budget;
+- allocation: the live BlockPool's class is switched to ``PolicyBlockPool`` (see block_pool.py).
+
+vLLM enables async scheduling by default, and the engine then expects an AsyncScheduler:
+``PolicyScheduler(...)`` builds an ``AsyncPolicyScheduler`` (same hooks on top of AsyncScheduler)
+whenever ``scheduler_config.async_scheduling`` is on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vllm.logger import init_logger
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.output import SchedulerOutput
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request
+
+from policies.block_pool import install_allocator
+from policies.invariants import check_block_pool, owned_blocks
+from policies.queue import KeyedRequestQueue
+from policies.registry import load_allocator, load_policy
+
+logger = init_logger("vllm.schedlab")
+
+CONFIG_KEY = "schedlab"
+
+
+@dataclass
+class SchedlabConfig:
+    policy: str = "fcfs"
+    policy_args: dict[str, Any] = field(default_factory=dict)
+    allocator: str = "default"
+    allocator_args: dict[str, Any] = field(default_factory=dict)
+    check_invariants: bool = False
+
+    @classmethod
+    def from_additional_config(cls, additional_config: dict[str, Any] | None) -> SchedlabConfig:
+        raw = dict((additional_config or {}).get(CONFIG_KEY) or {})
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)} in additional_config[{CONFIG_KEY!r}]; known: {sorted(cls.__dataclass_fields__)}")
+        cfg = cls(**raw)
+        cfg.policy_args = dict(cfg.policy_args or {})
+        cfg.allocator_args = dict(cfg.allocator_args or {})
+        return cfg
+
+
+class PolicyScheduler(Scheduler):
+    def __new__(cls, *args: Any, **kwargs: Any):
+        vllm_config = kwargs["vllm_config"] if "vllm_config" in kwargs else args[0]
+        if cls is PolicyScheduler and vllm_config.scheduler_config.async_scheduling:
+            cls = AsyncPolicyScheduler
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = SchedlabConfig.from_additional_config(self.vllm_config.additional_config)
+        self.schedlab_config = cfg
+        self.schedlab_policy = load_policy(cfg.policy, cfg.policy_args)
+        self.schedlab_allocator = load_allocator(cfg.allocator, cfg.allocator_args)
+        self.schedlab_policy.bind(self)
+
+        policy = self.schedlab_policy
+        if (queue := policy.make_queue()) is not None:
+            self.waiting, self.kv_holding_waiting = queue, policy.make_queue()
+        elif policy.orders_waiting:
+            self.waiting = KeyedRequestQueue(policy.waiting_key)
+            self.kv_holding_waiting = KeyedRequestQueue(policy.waiting_key)
+        # else: keep vLLM's own FCFS deques
+        self._sort_running = self.schedlab_policy.orders_victims
+
+        install_allocator(self.kv_cache_manager.block_pool, self.schedlab_allocator, self)
+        logger.info(
+            "schedlab: policy=%s allocator=%s check_invariants=%s async_scheduling=%s (%s)",
+            self.schedlab_policy.describe(), self.schedlab_allocator.describe(), cfg.check_invariants,
+            isinstance(self, AsyncScheduler), type(self).__name__,
+        )
+
+    # -- hooks --
+
+    def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
+        if self._sort_running and len(self.running) > 1:
+            self.running.sort(key=self.schedlab_policy.preemption_key)
+        output = super().schedule(*args, **kwargs)
+        self.schedlab_policy.on_schedule(output)
+        if self.schedlab_config.check_invariants:
+            self.check_invariants("after schedule()")
+        return output
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        if self.schedlab_config.check_invariants:
+            self.check_invariants("after update_from_output()")
+        return outputs
+
+    def _handle_blocked_waiting_request(self, request: Request) -> bool:
+        if not super()._handle_blocked_waiting_request(request):
+            return False
+        return self.schedlab_policy.admit(request) and self.schedlab_allocator.admit(request)
+
+    def check_invariants(self, where: str = "") -> None:
+        """Raise AllocatorInvariantError if the BlockPool is inconsistent (see policies.invariants)."""
+        check_block_pool(
+            self.kv_cache_manager.block_pool, owned_blocks(self), self.schedlab_allocator.describe(),
+            f" (step {self.current_step}, {where})" if where else "",
+        )
+
+
+class AsyncPolicyScheduler(PolicyScheduler, AsyncScheduler):
+    """PolicyScheduler on top of vLLM's AsyncScheduler (MRO: PolicyScheduler hooks, then AsyncScheduler)."""

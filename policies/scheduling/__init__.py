@@ -1,0 +1,1 @@
+"""Built-in scheduling policies, one per file (registered in policies.registry)."""
