@@ -1,0 +1,126 @@
+"""Structured (typed) configs for ``conf/``: a typo or a wrong type fails at composition time.
+
+Every config group in ``conf/`` has a dataclass here and the root ``config.yaml`` starts from
+``schedlab_schema``, so Hydra/OmegaConf reject ``policy.nmae=sjf`` or ``model.max_num_seqs=abc``
+with an error naming the key before any server starts. Free-form ``args`` dicts (policy,
+allocator and loader parameters) are checked against the target's signature by
+``orchestrator.validate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class PolicyConfig:
+    """A request-scheduling policy from the ``policies`` registry (``fcfs``, ``sjf``, ...)."""
+
+    name: str = MISSING
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AllocatorConfig:
+    """A KV-block allocation policy from the ``policies`` registry (``default`` = vLLM's LRU)."""
+
+    name: str = "default"
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """Model architecture preset (``orchestrator.models``) plus vLLM engine arguments."""
+
+    preset: str = MISSING  # tiny | llama3_8b | qwen2_5_7b
+    arch_overrides: Dict[str, Any] = field(default_factory=dict)  # config.json keys to replace
+    tensor_parallel_size: int = 1
+    max_num_seqs: Optional[int] = None
+    max_num_batched_tokens: Optional[int] = None
+    max_model_len: Optional[int] = None
+    num_gpu_blocks_override: Optional[int] = None
+    block_size: Optional[int] = None
+    enable_prefix_caching: Optional[bool] = None  # None: vLLM's default
+    enforce_eager: bool = False
+    dtype: Optional[str] = None
+    extra_args: List[str] = field(default_factory=list)  # any other `vllm serve` flags
+
+
+@dataclass
+class WorkloadConfig:
+    """A workload: a synthetic generator or a trace file, shaped by the ``workloads`` transforms."""
+
+    loader: str = MISSING  # "synthetic" or a trace format of workloads.LOADERS (azure, mooncake, ...)
+    path: Optional[str] = None  # trace file; None: the bundled sample (workloads.SAMPLES)
+    num_requests: Optional[int] = None  # keep the first N requests
+    duration_s: Optional[float] = None  # keep requests arriving in the first duration_s seconds
+    rate: Optional[float] = None  # mean request rate (req/s); None: as traced
+    arrival: Optional[str] = None  # with rate: None rescales the trace's timestamps; poisson|gamma: new ones
+    cv: float = 1.0  # gamma arrivals: coefficient of variation (burstiness)
+    time_scale: Optional[float] = None  # replay this many times faster
+    max_prompt_len: Optional[int] = None  # clip prompt lengths (tokens)
+    max_output_len: Optional[int] = None  # clip output lengths (tokens)
+    args: Dict[str, Any] = field(default_factory=dict)  # synthetic() / loader keyword arguments
+
+
+@dataclass
+class BackendConfig:
+    """Where each cell runs: ``vllm_local`` (child process here), ``vllm_ray`` (Ray actors), ``sim``."""
+
+    name: str = MISSING
+    startup_timeout_s: float = 300.0
+    cell_timeout_s: float = 1800.0  # whole cell: start + replay + scrape
+    request_timeout_s: float = 300.0
+    warmup_requests: int = 0
+    metrics_interval_s: float = 0.5  # /metrics scrape period for the time series
+    # Ray: "auto" joins an existing cluster, null starts a local one.
+    ray_address: Optional[str] = None
+    ray_num_cpus: Optional[int] = None  # only for a local Ray instance
+    num_cpus_per_cell: float = 1.0
+    max_parallel: Optional[int] = None  # cap on concurrent cells (None: cluster capacity)
+    ray_ship_code: bool = True  # remote cluster: upload this repo as the Ray runtime_env working_dir
+    # Simulator: step-time model spec, e.g. "roofline:h100".
+    step_model: Optional[str] = None
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: Optional[str] = None  # None: sqlite:///<results_dir>/mlflow.db
+    artifact_location: Optional[str] = None  # None: <results_dir>/mlartifacts
+
+
+@dataclass
+class SchedlabConfig:
+    experiment_name: str = "default"
+    seed: int = 0
+    force: bool = False  # re-run cells already FINISHED in MLflow
+    results_dir: str = "results"
+    compare_by: str = "policy"  # the grid key compared side by side in the comparison table
+    baseline: str = "fcfs"  # the value of compare_by that deltas are relative to
+    slo_ttft_ms: Optional[float] = None  # goodput counts requests within both SLOs
+    slo_tpot_ms: Optional[float] = None
+    check_invariants: bool = False  # policies re-check vLLM invariants every step (slow)
+    progress: bool = True
+    # Grid: key -> list of values, each a Hydra override (`policy: [fcfs, sjf]` -> policy=fcfs,
+    # policy=sjf); the cartesian product of all keys, times every entry of `cells`.
+    grid: Dict[str, Any] = field(default_factory=dict)
+    # Explicit cells: list of {override key: value} dicts, for combinations a product cannot express.
+    cells: List[Dict[str, Any]] = field(default_factory=list)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+def register_configs() -> None:
+    # The root schema types every group node, so group files need no schema of their own.
+    ConfigStore.instance().store(name="schedlab_schema", node=SchedlabConfig)
+
+
+register_configs()

@@ -1,0 +1,183 @@
+"""MLflow recording: one parent run per experiment, one child run per cell.
+
+Runs are looked up by tags, which is what makes resume work: a cell's child run carries
+``schedlab.cell_key`` (hash of its resolved config); a re-run skips cells whose latest run with
+that key is FINISHED. All logging goes through ``MlflowClient`` from the driver process (Ray
+workers return results, they never talk to the store).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from orchestrator.grid import Cell
+
+TAG_ROLE = "schedlab.role"
+TAG_EXPERIMENT = "schedlab.experiment"
+TAG_CELL_KEY = "schedlab.cell_key"
+TAG_ERROR = "schedlab.error"
+TIMESERIES_COLUMNS = ("num_running", "num_waiting", "kv_cache_usage")
+_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+
+
+def default_tracking_uri(results_dir: str | Path) -> str:
+    return f"sqlite:///{(Path(results_dir).resolve() / 'mlflow.db')}"
+
+
+def _metric_name(name: str) -> str:
+    # MLflow allows alphanumerics, _ - . space / ; tenant names may contain anything else.
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dict -> dotted-key strings, as MLflow params."""
+    out: dict[str, str] = {}
+    if isinstance(data, dict) and data:
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix.rstrip(".")] = json.dumps(data) if isinstance(data, (list, dict)) else str(data)
+    return out
+
+
+class Tracker:
+    """The MLflow experiment of one schedlab experiment, its parent run and cell runs."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        results = Path(cfg.results_dir).resolve()
+        results.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = cfg.mlflow.tracking_uri or default_tracking_uri(results)
+        artifact_root = Path(cfg.mlflow.artifact_location or results / "mlartifacts").resolve()
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.name = cfg.experiment_name
+        exp = self.client.get_experiment_by_name(self.name)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(
+                self.name, artifact_location=(artifact_root / self.name).as_uri()
+            )
+        else:
+            self.experiment_id = exp.experiment_id
+        self.parent_id: str | None = None
+
+    # --- parent run -----------------------------------------------------------------------
+    def start_parent(self, cfg: DictConfig, num_cells: int) -> str:
+        """Re-open the experiment's parent run (one per experiment, resumed across invocations)."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'parent'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )  # fmt: skip
+        if runs:
+            self.parent_id = runs[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=self.name,
+                tags={TAG_ROLE: "parent", TAG_EXPERIMENT: self.name},
+            )  # fmt: skip
+            self.parent_id = run.info.run_id
+        grid = OmegaConf.to_container(cfg.grid, resolve=True) or {}
+        self.client.log_batch(
+            self.parent_id,
+            tags=[RunTag("schedlab.grid", json.dumps(grid)), RunTag("schedlab.num_cells", str(num_cells))],
+        )
+        return self.parent_id
+
+    def end_parent(self, status: str = "FINISHED") -> None:
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, status=status)
+
+    # --- cell runs ------------------------------------------------------------------------
+    def finished_run(self, cell: Cell) -> Any | None:
+        """Latest FINISHED run of this cell (by its config hash), or None."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TAG_CELL_KEY}` = '{cell.key}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1,
+        )  # fmt: skip
+        return runs[0] if runs else None
+
+    def start_cell(self, cell: Cell, extra_params: dict[str, str] | None = None) -> str:
+        cfg = cell.cfg
+        tags = {
+            "mlflow.parentRunId": self.parent_id,
+            TAG_ROLE: "cell",
+            TAG_EXPERIMENT: self.name,
+            TAG_CELL_KEY: cell.key,
+            "schedlab.backend": cfg.backend.name,
+            "policy": cfg.policy.name,
+            "allocator": cfg.allocator.name,
+            "workload": cfg.workload.loader,
+            **{f"dim.{k}": v for k, v in cell.dims.items()},
+        }
+        run = self.client.create_run(self.experiment_id, run_name=cell.label, tags=tags)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        for k in ("grid", "cells"):
+            resolved.pop(k, None)
+        params = {
+            "policy": cfg.policy.name,
+            "allocator": cfg.allocator.name,
+            "model": cfg.model.preset,
+            "workload": cell.dims.get("workload", cfg.workload.loader),
+            "seed": str(cfg.seed),
+            "backend": cfg.backend.name,
+            **{f"cfg.{k}": v for k, v in flatten(resolved).items()},
+            **(extra_params or {}),
+        }
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run.info.run_id, params=items[i : i + 100])
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "config.yaml"
+            path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            self.client.log_artifact(run.info.run_id, str(path))
+        return run.info.run_id
+
+    def log_result(self, run_id: str, summary: dict[str, float], timeseries: pd.DataFrame | None) -> None:
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(_metric_name(k), float(v), now, 0)
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        ]
+        if timeseries is not None and len(timeseries):
+            # Time series as metric histories: step = sample index, timestamp = wall time of the sample.
+            t0 = now - int(1000 * float(timeseries["t_s"].max()))
+            for col in TIMESERIES_COLUMNS:
+                if col not in timeseries:
+                    continue
+                for i, (t, v) in enumerate(zip(timeseries["t_s"], timeseries[col])):
+                    if pd.notna(v):
+                        metrics.append(Metric(f"timeseries/{col}", float(v), t0 + int(1000 * t), i))
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        if Path(path).exists():
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def end_cell(self, run_id: str, status: str, error: str | None = None) -> None:
+        if error:
+            self.client.set_tag(run_id, TAG_ERROR, error[:5000])
+        self.client.set_terminated(run_id, status=status)
+
+    def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path | None:
+        try:
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=self.tracking_uri
+                )
+            )
+        except Exception:  # missing artifact: the cell is shown without it
+            return None
