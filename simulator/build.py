@@ -1,0 +1,79 @@
+"""Build what the simulation loop drives: the Scheduler (with the policy plugin) and vLLM Requests."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from policies.inprocess import make_request, make_scheduler
+from workloads.trace import Request as TraceRequest
+
+
+def build_scheduler(
+    model_dir: str | Path,
+    *,
+    policy: str,
+    policy_args: dict[str, Any] | None,
+    allocator: str,
+    allocator_args: dict[str, Any] | None,
+    block_size: int,
+    num_blocks: int,
+    **config_kwargs: Any,
+):
+    """The Scheduler class and additional_config the real server gets from ``policies.vllm_args``."""
+    try:
+        import policies
+        scheduler_config = policies.scheduler_config
+    except (ImportError, AttributeError):
+        scheduler_config = None
+    if scheduler_config is not None:
+        cls, additional_config = scheduler_config(
+            policy=policy, policy_args=policy_args, allocator=allocator, allocator_args=allocator_args
+        )
+    else:  # policies plugin not available yet: vLLM's stock FCFS Scheduler only
+        if policy != "fcfs" or allocator != "default":
+            raise ValueError(f"policy {policy!r} / allocator {allocator!r} need policies.scheduler_config")
+        from vllm.v1.core.sched.scheduler import Scheduler
+
+        cls, additional_config = Scheduler, {}
+    return make_scheduler(
+        model_dir, scheduler_cls=cls, block_size=block_size, num_blocks=num_blocks,
+        additional_config=additional_config, **config_kwargs,
+    )  # fmt: skip
+
+
+def engine_request_factory(*, block_size: int, max_model_len: int) -> Callable[[TraceRequest, float], Any]:
+    """Build a vLLM Request as the API server would from the load generator's HTTP request:
+    ``max_tokens`` = trace output length, ``priority``, ``vllm_xargs`` → ``extra_args``."""
+
+    def build(tr: TraceRequest, arrival_s: float):
+        if tr.prompt_len + tr.output_len > max_model_len:
+            raise ValueError(
+                f"request {tr.request_id}: prompt ({tr.prompt_len}) + output ({tr.output_len}) tokens "
+                f"exceed max_model_len {max_model_len}"
+            )
+        extra = {"tenant": tr.tenant}
+        if tr.deadline_s is not None:
+            extra["deadline_s"] = tr.deadline_s
+        if tr.output_len_hint is not None:
+            extra["output_len_hint"] = tr.output_len_hint
+        return make_request(
+            tr.request_id, tr.prompt_token_ids, max(tr.output_len, 1), block_size=block_size,
+            arrival_time=arrival_s, priority=tr.priority, extra_args=extra,
+        )  # fmt: skip
+
+    return build
+
+
+def materialize_prompts(requests: list[TraceRequest], model_dir: str | Path, *, seed: int = 0) -> list[TraceRequest]:
+    """Copies of ``requests`` with ``prompt_token_ids`` filled by ``workloads.prompts.materialize``
+    — the function the real load generator uses — so prefix-cache hits in the sim come from real
+    block hashes of the same prompts (equal ``prefix_hash_ids`` → equal token blocks)."""
+    from workloads.prompts import materialize
+
+    out = [dataclasses.replace(r) for r in requests]
+    todo = [r for r in out if r.prompt_token_ids is None]
+    if todo:
+        materialize(todo, model_dir, seed=seed)
+    return out

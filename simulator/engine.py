@@ -1,0 +1,194 @@
+"""The discrete-event loop: vLLM's real Scheduler on a virtual clock.
+
+One iteration = one engine step, as in ``vllm.v1.engine.core.EngineCore.step``: add the requests
+that have arrived, ``schedule()``, run the "model" (advance the clock by the step-time model's
+duration for what was scheduled), ``update_from_output()``. Only the forward pass is simulated;
+admission, chunked prefill, preemption, prefix caching and block allocation are vLLM's own code
+(plus the policy plugin, when the scheduler class is ``policies.PolicyScheduler``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.outputs import ModelRunnerOutput
+
+from policies.inprocess import EOS_TOKEN_ID
+from workloads.records import RequestRecord
+from workloads.trace import Request as TraceRequest
+
+from simulator.step_model import StepTimeModel
+
+NON_EOS_TOKEN_ID = 5  # any ordinary token id of our tokenizer
+
+
+class SimulationStuck(RuntimeError):
+    """The Scheduler can make no progress and no request will arrive to change that."""
+
+
+@dataclass
+class StepLog:
+    """Per-step state, sampled after each ``update_from_output`` (columns of the time series)."""
+
+    t_s: list[float] = field(default_factory=list)
+    num_running: list[int] = field(default_factory=list)
+    num_waiting: list[int] = field(default_factory=list)
+    kv_cache_usage: list[float] = field(default_factory=list)
+
+
+@dataclass
+class LoopResult:
+    records: list[RequestRecord]
+    steps: StepLog
+    num_preemptions: int
+    num_steps: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    end_t_s: float
+
+
+def run_loop(
+    sched: Scheduler,
+    trace: list[TraceRequest],
+    make_engine_request: Callable[[TraceRequest, float], object],
+    step_model: StepTimeModel,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    progress_every_steps: int = 2000,
+) -> LoopResult:
+    """Replay ``trace`` (sorted by arrival) through ``sched``; return one record per request.
+
+    ``make_engine_request(trace_request, engine_arrival_s)`` builds the vLLM ``Request``, or
+    raises ``ValueError`` for a request the server would reject (recorded as HTTP 400).
+    """
+    lat_in = step_model.request_latency_in_s
+    lat_out = step_model.request_latency_out_s
+    step_time = step_model.step_time
+    by_id = {r.request_id: r for r in trace}
+    token_times: dict[str, list[float]] = {}
+    records: list[RequestRecord] = []
+    num_preemptions = 0
+    pc_queries = pc_hits = 0
+    log = StepLog()
+    log_t, log_run, log_wait, log_kv = log.t_s, log.num_running, log.num_waiting, log.kv_cache_usage
+    engine_requests = sched.requests
+    waiting_counts = sched.get_request_counts
+    kv_usage = sched.get_kv_cache_usage
+
+    t = 0.0
+    i, n = 0, len(trace)
+    num_done = 0
+    num_steps = 0
+    idle_steps = 0
+    while i < n or sched.has_requests():
+        if i < n and not sched.has_requests():
+            t = max(t, trace[i].arrival_s + lat_in)  # idle engine: jump to the next arrival
+        while i < n and trace[i].arrival_s + lat_in <= t:
+            tr = trace[i]
+            i += 1
+            try:
+                req = make_engine_request(tr, tr.arrival_s + lat_in)
+            except ValueError as e:  # the API server answers 400 and never enqueues it
+                records.append(_record(tr, [], lat_out, status=400, error=str(e)))
+                num_done += 1
+                continue
+            token_times[tr.request_id] = []
+            sched.add_request(req)
+
+        so = sched.schedule()
+        scheduled = so.num_scheduled_tokens
+        req_ids = list(scheduled)
+        if req_ids:
+            idle_steps = 0
+            prefill = decode = ctx_sum = prefill_attn = 0
+            sampled: list[list[int]] = []
+            for rid in req_ids:
+                r = engine_requests[rid]
+                k = scheduled[rid]
+                ctx = r.num_computed_tokens  # already advanced by schedule()
+                ctx_sum += ctx
+                if k == 1:
+                    decode += 1
+                else:
+                    prefill += k
+                    prefill_attn += k * ctx
+                if r.is_prefill_chunk:
+                    sampled.append([])  # partial prefill chunk: nothing sampled
+                else:
+                    last = len(r._output_token_ids) + 1 >= r.max_tokens
+                    sampled.append([EOS_TOKEN_ID if last else NON_EOS_TOKEN_ID])
+            t += step_time(prefill, decode, len(req_ids), ctx_sum, prefill_attn)
+            out = ModelRunnerOutput(
+                req_ids=req_ids,
+                req_id_to_index={rid: j for j, rid in enumerate(req_ids)},
+                sampled_token_ids=sampled,
+            )
+        else:
+            idle_steps += 1
+            if idle_steps > 2:
+                if i < n:
+                    t = max(t, trace[i].arrival_s + lat_in)
+                else:
+                    stuck = [r.request_id for r in engine_requests.values() if not r.is_finished()]
+                    raise SimulationStuck(
+                        f"vLLM's Scheduler schedules nothing and no request is left to arrive; "
+                        f"{len(stuck)} unfinished (e.g. {stuck[:3]}): a prompt larger than the KV cache?"
+                    )
+            out = ModelRunnerOutput(req_ids=[], req_id_to_index={})
+        num_steps += 1
+
+        for client_out in sched.update_from_output(so, out).values():
+            stats = client_out.scheduler_stats
+            if stats is not None and stats.prefix_cache_stats is not None:
+                pc_queries += stats.prefix_cache_stats.queries
+                pc_hits += stats.prefix_cache_stats.hits
+            for o in client_out.outputs:
+                times = token_times[o.request_id]
+                for _ in o.new_token_ids:
+                    times.append(t)
+                if o.finish_reason is not None:
+                    tr = by_id[o.request_id]
+                    records.append(_record(tr, token_times.pop(o.request_id), lat_out))
+                    num_done += 1
+        if so.preempted_req_ids:  # the ids preempted by this schedule() call
+            num_preemptions += len(so.preempted_req_ids)
+
+        running, waiting = waiting_counts()
+        log_t.append(t)
+        log_run.append(running)
+        log_wait.append(waiting)
+        log_kv.append(kv_usage())
+        if on_progress is not None and num_steps % progress_every_steps == 0:
+            on_progress(num_done, n)
+
+    # Requests a policy plugin finished without output (e.g. aborted by an admission policy).
+    for rid, times in token_times.items():
+        records.append(_record(by_id[rid], times, lat_out, status=200 if times else 0, error="aborted by scheduler"))
+    if on_progress is not None:
+        on_progress(num_done, n)
+    records.sort(key=lambda rec: (rec.scheduled_send_s, rec.request_id))
+    return LoopResult(records, log, num_preemptions, num_steps, pc_queries, pc_hits, t)
+
+
+def _record(tr: TraceRequest, times: list[float], lat_out: float, *, status: int = 200,
+            error: str | None = None) -> RequestRecord:  # fmt: skip
+    rec = RequestRecord(
+        request_id=tr.request_id,
+        tenant=tr.tenant,
+        priority=tr.priority,
+        deadline_s=tr.deadline_s,
+        scheduled_send_s=tr.arrival_s,
+        actual_send_s=tr.arrival_s,
+        prompt_tokens=tr.prompt_len,
+        output_tokens=len(times),
+        requested_output_tokens=tr.output_len,
+        status=status,
+        error=error,
+    )
+    if times:
+        rec.ttft_s = times[0] + lat_out - tr.arrival_s
+        rec.e2e_s = times[-1] + lat_out - tr.arrival_s
+        rec.itl_s = [b - a for a, b in zip(times, times[1:])]
+    return rec

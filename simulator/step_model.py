@@ -1,0 +1,290 @@
+"""Step-time models: how long one engine step takes, given what the Scheduler scheduled.
+
+The simulator replaces only the model's forward pass; everything else is vLLM's real Scheduler.
+A step-time model maps a ``BatchShape`` (prefill tokens, decode tokens, requests, Σ context) to
+seconds of virtual time. Two models:
+
+- ``RooflineModel``: max(compute time, memory time) + a fixed per-step overhead, from the model's
+  ``config.json`` and a hardware spec (peak FLOP/s, memory bandwidth) — the roofline model of
+  Williams et al. (CACM 2009), as used for LLM inference by LLM-Viewer (Yuan et al., 2024).
+- ``LinearModel``: ``t = c0 + c1·prefill_tokens + c2·decode_tokens + c3·Σcontext``, fitted by least
+  squares to per-step timings of a real server (``python -m simulator.calibrate``).
+
+Both also carry the fixed client-side latencies a real server adds outside engine steps
+(HTTP, tokenization, detokenization, streaming): ``request_latency_in_s`` from the client's send to
+the engine seeing the request, ``request_latency_out_s`` from a step's end to the client seeing its
+token. They are measured during calibration and are 0 for the roofline presets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import yaml
+
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "conf" / "step_model"
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What one engine step computes. ``sum_context`` counts, per scheduled request, the tokens
+    in its KV cache after the step (attention reads them all)."""
+
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    num_reqs: int = 0
+    sum_context: int = 0
+    # Σ scheduled·context over prefill chunks: attention work of prefill (quadratic in length).
+    prefill_attn: int = 0
+
+
+@runtime_checkable
+class StepTimeModel(Protocol):
+    name: str
+    request_latency_in_s: float
+    request_latency_out_s: float
+
+    def step_time(self, prefill_tokens: int, decode_tokens: int, num_reqs: int, sum_context: int, prefill_attn: int) -> float:
+        """Seconds one engine step takes for this batch shape."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Roofline
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    peak_flops: float  # dense FLOP/s in the serving dtype
+    mem_bandwidth: float  # bytes/s
+    mem_bytes: float  # accelerator memory for weights + KV cache
+    step_overhead_s: float  # scheduler + launch + sampling per step, independent of batch
+    flops_efficiency: float = 0.6  # achievable fraction of peak (matmul MFU)
+    bandwidth_efficiency: float = 0.8  # achievable fraction of peak bandwidth
+    dtype_bytes: int = 2
+    gpu_memory_utilization: float = 0.9
+    activation_reserve_bytes: float = 2 * 2**30  # vLLM's profiled activation peak, roughly
+
+
+HARDWARE: dict[str, Hardware] = {
+    # NVIDIA datasheets: dense BF16 tensor-core peak, HBM bandwidth, memory.
+    "h100": Hardware("h100", 989e12, 3.35e12, 80e9, 3e-3),
+    "h200": Hardware("h200", 989e12, 4.8e12, 141e9, 3e-3),
+    "a100": Hardware("a100", 312e12, 2.039e12, 80e9, 4e-3),
+    # A small x86 server CPU running vLLM's CPU backend (fp32/bf16 via oneDNN); order-of-magnitude.
+    "cpu": Hardware("cpu", 2e11, 2e10, 16e9, 4e-3, flops_efficiency=0.3, bandwidth_efficiency=0.5,
+                    dtype_bytes=4, gpu_memory_utilization=1.0, activation_reserve_bytes=0.0),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the roofline needs from a HuggingFace ``config.json``."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> "ModelShape":
+        heads = cfg["num_attention_heads"]
+        return cls(
+            hidden=cfg["hidden_size"],
+            intermediate=cfg["intermediate_size"],
+            layers=cfg["num_hidden_layers"],
+            heads=heads,
+            kv_heads=cfg.get("num_key_value_heads", heads),
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+            vocab=cfg["vocab_size"],
+        )
+
+    @property
+    def layer_params(self) -> int:
+        q_o = 2 * self.hidden * self.heads * self.head_dim
+        k_v = 2 * self.hidden * self.kv_heads * self.head_dim
+        return q_o + k_v + 3 * self.hidden * self.intermediate
+
+    @property
+    def num_params(self) -> int:
+        return self.layers * self.layer_params + 2 * self.vocab * self.hidden  # + embedding + lm_head
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes
+
+
+class RooflineModel:
+    """t = overhead + max(FLOPs / (peak·eff), bytes / (bandwidth·eff)) for one step."""
+
+    def __init__(self, hardware: Hardware, model: ModelShape | None = None, *, name: str | None = None,
+                 request_latency_in_s: float = 0.0, request_latency_out_s: float = 0.0) -> None:  # fmt: skip
+        self.hardware = hardware
+        self.model = model
+        self.name = name or f"roofline:{hardware.name}"
+        self.request_latency_in_s = request_latency_in_s
+        self.request_latency_out_s = request_latency_out_s
+        if model is not None:
+            self._bind()
+
+    def bind_model(self, model_config: dict[str, Any]) -> "RooflineModel":
+        """Attach the served model's shape (``simulate`` does this from ``model_dir``)."""
+        if self.model is None:
+            self.model = ModelShape.from_config(model_config)
+            self._bind()
+        return self
+
+    def _bind(self) -> None:
+        m, hw = self.model, self.hardware
+        self._flops_per_token = 2.0 * m.layers * m.layer_params
+        self._lm_head_flops = 2.0 * m.vocab * m.hidden  # per sampled token
+        self._attn_flops = 4.0 * m.layers * m.heads * m.head_dim  # per (query token × key token)
+        self._weight_bytes = float(m.num_params * hw.dtype_bytes)
+        self._kv_bytes = float(m.kv_bytes_per_token(hw.dtype_bytes))
+        self._inv_flops = 1.0 / (hw.peak_flops * hw.flops_efficiency)
+        self._inv_bw = 1.0 / (hw.mem_bandwidth * hw.bandwidth_efficiency)
+
+    def step_time(self, prefill_tokens: int, decode_tokens: int, num_reqs: int, sum_context: int, prefill_attn: int) -> float:
+        tokens = prefill_tokens + decode_tokens
+        decode_ctx = sum_context  # each decode token attends to its whole context
+        flops = (
+            self._flops_per_token * tokens
+            + self._lm_head_flops * num_reqs
+            + self._attn_flops * (prefill_attn + decode_ctx)
+        )
+        mem = self._weight_bytes + self._kv_bytes * (sum_context + tokens)
+        return self.hardware.step_overhead_s + max(flops * self._inv_flops, mem * self._inv_bw)
+
+    def num_gpu_blocks(self, block_size: int) -> int:
+        """KV blocks that fit, as vLLM derives them: (memory × utilization − weights − activations)
+        / bytes per block."""
+        hw, m = self.hardware, self.model
+        free = hw.mem_bytes * hw.gpu_memory_utilization - self._weight_bytes - hw.activation_reserve_bytes
+        blocks = int(free // (self._kv_bytes * block_size))
+        if blocks <= 0:
+            raise ValueError(
+                f"model with {m.num_params / 1e9:.1f}B parameters does not fit in {hw.name} memory "
+                f"({hw.mem_bytes / 1e9:.0f} GB × {hw.gpu_memory_utilization})"
+            )
+        return blocks
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "roofline", "hardware": asdict(self.hardware),
+                "request_latency_in_s": self.request_latency_in_s,
+                "request_latency_out_s": self.request_latency_out_s}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Linear (calibrated)
+
+FEATURES = ("prefill_tokens", "decode_tokens", "sum_context")
+
+
+@dataclass
+class LinearModel:
+    """t = c0 + c1·prefill_tokens + c2·decode_tokens + c3·Σcontext, fitted to measured steps."""
+
+    c0: float
+    c1: float
+    c2: float
+    c3: float
+    name: str = "linear"
+    request_latency_in_s: float = 0.0
+    request_latency_out_s: float = 0.0
+    num_gpu_blocks: int | None = None  # KV blocks of the calibrated server, if known
+    block_size: int = 16
+    meta: dict[str, Any] = field(default_factory=dict)  # where/how it was measured, fit quality
+
+    def step_time(self, prefill_tokens: int, decode_tokens: int, num_reqs: int, sum_context: int, prefill_attn: int) -> float:
+        return self.c0 + self.c1 * prefill_tokens + self.c2 * decode_tokens + self.c3 * sum_context
+
+    @classmethod
+    def fit(cls, shapes: list[BatchShape], times_s: list[float], **kwargs: Any) -> "LinearModel":
+        """Least squares with non-negative coefficients (a negative cost per token is a fitting
+        artefact of noisy timings; such coefficients are dropped and the rest refitted)."""
+        import numpy as np
+
+        if len(shapes) < 4:
+            raise ValueError(f"need at least 4 measured steps to fit a linear step model, got {len(shapes)}")
+        x = np.array([[1.0, s.prefill_tokens, s.decode_tokens, s.sum_context] for s in shapes])
+        y = np.asarray(times_s, dtype=float)
+        active = [0, 1, 2, 3]
+        while True:
+            coef, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+            negative = [a for a, c in zip(active, coef) if c < 0 and a != 0]
+            if not negative:
+                break
+            active.remove(negative[0])
+        full = np.zeros(4)
+        full[active] = coef
+        pred = x @ full
+        rel_err = float(np.median(np.abs(pred - y) / np.maximum(y, 1e-9)))
+        r2 = float(1 - ((y - pred) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-30))
+        meta = {**kwargs.pop("meta", {}), "num_steps": len(shapes), "r2": r2, "median_rel_err": rel_err}
+        return cls(*map(float, full), meta=meta, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "linear", **asdict(self)}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def load_step_model(spec: "str | dict[str, Any] | StepTimeModel") -> StepTimeModel:
+    """``"roofline:h100"``, ``"linear:<profile>"`` (``conf/step_model/<profile>.yaml`` or a path),
+    or a dict: ``{"kind": "roofline", "hardware": "h100" | {...}, "step_overhead_s": ...}`` /
+    ``{"kind": "linear", "c0": ..., ...}``."""
+    if isinstance(spec, (RooflineModel, LinearModel)):
+        return spec
+    if isinstance(spec, str):
+        kind, _, arg = spec.partition(":")
+        if kind == "roofline":
+            return load_step_model({"kind": "roofline", "hardware": arg or "h100"})
+        if kind == "linear":
+            if not arg:
+                raise ValueError("step model 'linear' needs a profile: 'linear:<name under conf/step_model>'")
+            path = Path(arg)
+            if not path.suffix:
+                path = PROFILE_DIR / f"{arg}.yaml"
+            if not path.is_file():
+                known = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+                raise FileNotFoundError(f"step-model profile {arg!r} not found at {path}; known profiles: {known}")
+            data = yaml.safe_load(path.read_text())
+            data.setdefault("name", f"linear:{path.stem}")
+            return load_step_model(data)
+        raise ValueError(f"unknown step model {spec!r}; use 'roofline:<{'|'.join(HARDWARE)}>' or 'linear:<profile>'")
+    if not isinstance(spec, dict):
+        raise TypeError(f"step model spec must be a str or dict, got {type(spec).__name__}")
+    data = dict(spec)
+    kind = data.pop("kind", None)
+    if kind == "roofline":
+        hw = data.pop("hardware", "h100")
+        if isinstance(hw, str):
+            if hw not in HARDWARE:
+                raise ValueError(f"unknown hardware preset {hw!r}; known: {sorted(HARDWARE)}")
+            hw = HARDWARE[hw]
+        else:
+            hw = Hardware(**hw)
+        hw_fields = {k: data.pop(k) for k in list(data) if k in Hardware.__dataclass_fields__}
+        if hw_fields:
+            hw = Hardware(**{**asdict(hw), **hw_fields})
+        return RooflineModel(hw, **data)
+    if kind == "linear":
+        missing = [c for c in ("c0", "c1", "c2", "c3") if c not in data]
+        if missing:
+            raise ValueError(f"linear step model is missing coefficients {missing}")
+        return LinearModel(**data)
+    raise ValueError(f"step model dict needs kind 'roofline' or 'linear', got {kind!r}")

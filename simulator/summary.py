@@ -1,0 +1,79 @@
+"""Summary metrics of a simulation, with the real server's names.
+
+Client-side metrics come from ``workloads.metrics.summarize`` (the load generator's own function);
+the server-side ones (``server_*``) from what the real server's /metrics would show.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from workloads.records import RequestRecord
+
+if TYPE_CHECKING:
+    from simulator.engine import LoopResult
+
+
+def summarize_sim(loop: "LoopResult", ts: pd.DataFrame) -> dict[str, float]:
+    summary = dict(_client_summary(loop.records))
+    summary.update(server_summary(loop, ts))
+    return summary
+
+
+def server_summary(loop: "LoopResult", ts: pd.DataFrame) -> dict[str, float]:
+    out = {
+        "server_num_preemptions": float(loop.num_preemptions),
+        "server_prefix_cache_hit_rate": loop.prefix_cache_hits / loop.prefix_cache_queries
+        if loop.prefix_cache_queries
+        else 0.0,
+        "server_num_steps": float(loop.num_steps),
+    }
+    if len(ts):
+        # Time-weighted over steps (a step's state lasts until the next step ends), like sampling
+        # the real server's gauges at a fixed interval.
+        t = ts["t_s"].to_numpy()
+        w = np.diff(t, append=t[-1])
+        w = w if w.sum() > 0 else np.ones_like(t)
+        for col, name in (("kv_cache_usage", "kv_cache_usage"), ("num_running", "num_running"),
+                          ("num_waiting", "num_waiting")):  # fmt: skip
+            x = ts[col].to_numpy(dtype=float)
+            out[f"server_{name}_mean"] = float((x * w).sum() / w.sum())
+            out[f"server_{name}_max"] = float(x.max())
+    return out
+
+
+def _client_summary(records: list[RequestRecord]) -> dict[str, float]:
+    try:
+        from workloads.metrics import summarize
+    except ImportError:
+        return fallback_summary(records)
+    return summarize(records)
+
+
+def fallback_summary(records: list[RequestRecord]) -> dict[str, float]:
+    """Same names as ``workloads.metrics.summarize``; used only until that module exists."""
+    recs = [r for r in records if not r.warmup]
+    ok = [r for r in recs if r.ok]
+    out: dict[str, float] = {"num_completed": float(len(ok)), "num_failed": float(len(recs) - len(ok))}
+    series = {
+        "ttft_ms": [r.ttft_s * 1e3 for r in ok],
+        "tpot_ms": [r.tpot_s * 1e3 for r in ok if r.tpot_s is not None],
+        "itl_ms": [x * 1e3 for r in ok for x in r.itl_s],
+        "e2e_ms": [r.e2e_s * 1e3 for r in ok],
+    }
+    for name, xs in series.items():
+        a = np.asarray(xs, dtype=float)
+        for stat, q in (("p50", 50), ("p90", 90), ("p99", 99)):
+            out[f"{name}_{stat}"] = float(np.percentile(a, q)) if len(a) else float("nan")
+        out[f"{name}_mean"] = float(a.mean()) if len(a) else float("nan")
+    if ok:
+        start = min(r.actual_send_s for r in recs)
+        end = max(r.actual_send_s + r.e2e_s for r in ok)
+        dur = max(end - start, 1e-9)
+        out["duration_s"] = dur
+        out["request_throughput"] = len(ok) / dur
+        out["output_token_throughput"] = sum(r.output_tokens for r in ok) / dur
+    return out
