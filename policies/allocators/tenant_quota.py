@@ -1,0 +1,29 @@
+"""Per-tenant KV-block quota (static partitioning of the KV cache, the isolation baseline of
+multi-tenant serving, cf. Sheng et al., "Fairness in Serving LLMs", OSDI'24 §2). A tenant's waiting
+request is admitted only if the blocks its tenant holds plus the blocks its prompt needs fit in the
+tenant's quota. A tenant holding no blocks is always admitted (so an over-large request cannot
+starve), and running requests may grow past the quota: enforcing it by preemption would hit other
+tenants' requests, which vLLM chooses as victims. Block ids are vLLM's."""
+
+from policies.base import BlockAllocator, tenant
+
+
+class TenantQuotaAllocator(BlockAllocator):
+    name = "tenant_quota"
+
+    def __init__(self, quota_blocks: int, per_tenant: dict[str, int] | None = None) -> None:
+        if quota_blocks < 1:
+            raise ValueError(f"tenant_quota: quota_blocks must be >= 1, got {quota_blocks}")
+        self.quota_blocks = quota_blocks
+        self.per_tenant = dict(per_tenant or {})
+
+    def held_blocks(self, t: str) -> int:
+        manager = self.scheduler.kv_cache_manager.coordinator.single_type_managers[0]
+        holders = list(self.scheduler.running) + list(self.scheduler.kv_holding_waiting)
+        return sum(len(manager.req_to_blocks.get(r.request_id, ())) for r in holders if tenant(r) == t)
+
+    def admit(self, request) -> bool:
+        t = tenant(request)
+        held = self.held_blocks(t)
+        needed = -(-request.num_tokens // self.scheduler.block_size)
+        return held == 0 or held + needed <= self.per_tenant.get(t, self.quota_blocks)

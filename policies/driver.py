@@ -1,0 +1,65 @@
+"""Drive an in-process vLLM Scheduler without a model: every scheduled request that reaches the end
+of its tokens "samples" one token. Used by the tests, the overhead benchmark and the docs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vllm.v1.core.sched.output import SchedulerOutput
+from vllm.v1.engine import EngineCoreEventType
+from vllm.v1.outputs import ModelRunnerOutput
+
+SAMPLED_TOKEN = 5
+
+
+def fake_model_output(sched, so: SchedulerOutput) -> ModelRunnerOutput:
+    ids = list(so.num_scheduled_tokens)
+    reqs = sched.requests
+    sampled = [
+        [SAMPLED_TOKEN] if reqs[r].num_computed_tokens >= reqs[r].num_tokens else []  # computed already advanced
+        for r in ids
+    ]
+    return ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled)
+
+
+@dataclass
+class Trace:
+    """What happened, step by step: admissions (new or resumed), preemptions (as the step's
+    SchedulerOutput reports them), vLLM's PREEMPTED engine events (the source of the
+    ``vllm:num_preemptions`` metric; delivered with the request's next output), finishes."""
+
+    admitted: list[str] = field(default_factory=list)
+    admitted_per_step: list[list[str]] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
+    preemption_events: int = 0
+    finished: list[str] = field(default_factory=list)
+    steps: int = 0
+
+
+def step(sched, trace: Trace | None = None) -> SchedulerOutput:
+    so = sched.schedule()
+    engine_outputs = sched.update_from_output(so, fake_model_output(sched, so))
+    if trace is not None:
+        new = [r.req_id for r in so.scheduled_new_reqs] + sorted(so.scheduled_cached_reqs.resumed_req_ids)
+        trace.admitted += new
+        trace.admitted_per_step.append(new)
+        trace.preempted += sorted(so.preempted_req_ids or ())
+        for eco in engine_outputs.values():
+            for out in eco.outputs:
+                trace.preemption_events += sum(e.type == EngineCoreEventType.PREEMPTED for e in out.events or ())
+                if out.finish_reason is not None:
+                    trace.finished.append(out.request_id)
+        trace.steps += 1
+    return so
+
+
+def run(sched, requests=(), max_steps: int = 100_000) -> Trace:
+    """Add ``requests`` and step until the scheduler is empty."""
+    for r in requests:
+        sched.add_request(r)
+    trace = Trace()
+    while sched.has_requests():
+        if trace.steps >= max_steps:
+            raise RuntimeError(f"scheduler not drained after {max_steps} steps")
+        step(sched, trace)
+    return trace
