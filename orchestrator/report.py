@@ -96,51 +96,55 @@ def format_delta(value: float, delta: float, higher_better: bool, is_baseline: b
     return f"{text} ({delta:+.0f}%)", color
 
 
-def print_table(table: pd.DataFrame, compare_by: str, baseline: str, title: str) -> None:
+def _side_by_side(table: pd.DataFrame, compare_by: str, baseline: str):
+    """Per group: (group, compared values, rows of (metric, [(text, color) per value]))."""
+    for group, g in table.groupby("group", sort=False):
+        names = [str(v) for v in g[compare_by]]
+        rows = []
+        for m, hb in TABLE_METRICS:
+            if m not in g.columns or g[m].isna().all():
+                continue
+            rows.append((m, [format_delta(r[m], r.get(f"{m}_delta_pct"), hb, r[compare_by] == baseline)
+                             for _, r in g.iterrows()]))  # fmt: skip
+        yield group, names, rows, [int(n) for n in g["num_seeds"]]
+
+
+def print_table(table: pd.DataFrame, compare_by: str, baseline: str, title: str, console=None) -> None:
+    """Policies (or whatever ``compare_by`` is) side by side, one table per group, deltas in %."""
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = console or Console()
     if table.empty:
         console.print(f"[yellow]{title}: no finished cells to compare[/]")
         return
-    metrics = [(m, hb) for m, hb in TABLE_METRICS if m in table.columns]
-    t = Table(title=f"{title} (mean over seeds; change vs {compare_by}={baseline})")
-    t.add_column("group")
-    t.add_column(compare_by)
-    t.add_column("seeds", justify="right")
-    for m, _ in metrics:
-        t.add_column(m, justify="right")
-    for _, row in table.iterrows():
-        is_base = row[compare_by] == baseline
-        cells = []
-        for m, hb in metrics:
-            text, color = format_delta(row[m], row.get(f"{m}_delta_pct"), hb, is_base)
-            cells.append(f"[{color}]{text}[/]" if color else text)
-        t.add_row(row["group"], str(row[compare_by]), str(int(row["num_seeds"])), *cells)
-    console.print(t)
+    for group, names, rows, seeds in _side_by_side(table, compare_by, baseline):
+        t = Table(title=f"{title}: {group}  (mean over seeds; change vs {compare_by}={baseline})")
+        t.add_column("metric")
+        for name, n in zip(names, seeds):
+            t.add_column(f"{name} ({n} seed{'s' if n != 1 else ''})", justify="right")
+        for m, vals in rows:
+            t.add_row(m, *[f"[{c}]{x}[/]" if c else x for x, c in vals])
+        console.print(t)
 
 
 def save_table_png(table: pd.DataFrame, compare_by: str, baseline: str, path: Path, title: str) -> Path:
-    metrics = [(m, hb) for m, hb in TABLE_METRICS if m in table.columns]
-    text, colors = [], []
-    for _, row in table.iterrows():
-        is_base = row[compare_by] == baseline
-        line, line_colors = [row["group"], str(row[compare_by])], ["white", "white"]
-        for m, hb in metrics:
-            s, c = format_delta(row[m], row.get(f"{m}_delta_pct"), hb, is_base)
-            line.append(s)
-            line_colors.append({"green": "#d5f5d5", "red": "#f9d6d5"}.get(c, "white"))
-        text.append(line)
-        colors.append(line_colors)
-    cols = ["group", compare_by] + [m for m, _ in metrics]
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(cols)), 0.6 + 0.45 * (len(text) + 1)))
-    ax.axis("off")
-    tab = ax.table(cellText=text, cellColours=colors, colLabels=cols, loc="center", cellLoc="center")
-    tab.auto_set_font_size(False)
-    tab.set_fontsize(8)
-    tab.auto_set_column_width(list(range(len(cols))))
-    ax.set_title(f"{title}: change vs {compare_by}={baseline}", fontsize=10)
+    blocks = list(_side_by_side(table, compare_by, baseline))
+    height = sum(0.5 + 0.3 * (len(rows) + 1) for _, _, rows, _ in blocks)
+    width = 2.5 + 1.9 * max(len(names) for _, names, _, _ in blocks)
+    fig, axes = plt.subplots(len(blocks), 1, figsize=(width, height + 0.4), squeeze=False)
+    shade = {"green": "#d5f5d5", "red": "#f9d6d5"}
+    for ax, (group, names, rows, _) in zip(axes[:, 0], blocks):
+        ax.axis("off")
+        tab = ax.table(
+            cellText=[[m] + [x for x, _ in vals] for m, vals in rows],
+            cellColours=[["white"] + [shade.get(c, "white") for _, c in vals] for _, vals in rows],
+            colLabels=["metric", *names], loc="center", cellLoc="right",
+        )  # fmt: skip
+        tab.auto_set_font_size(False)
+        tab.set_fontsize(8)
+        tab.auto_set_column_width(list(range(len(names) + 1)))
+        ax.set_title(f"{title}: {group} (change vs {compare_by}={baseline})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -7,6 +7,7 @@ sampling ``/metrics``, stop the server. A watchdog stops the server after ``cell
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -57,6 +58,20 @@ def server_args(cfg: DictConfig) -> list[str]:
     ) + engine_args(cfg.model, cfg.seed)
 
 
+def error_line(log_path: str | Path) -> str:
+    """The last ``SomethingError: ...`` line of a server log (why it died), or ''."""
+    try:
+        lines = Path(log_path).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    found = [m for line in lines if (m := re.search(r"\b(\w*(Error|Exception)): (.*)", line))]
+    # Skip the wrappers vLLM raises on top of the root cause.
+    root = [m for m in found if "root cause" not in m.group(3) and "Worker failed with error" not in m.group(3)]
+    for m in reversed(root or found):
+        return f"{m.group(1)}: {m.group(3)}"[:500]
+    return ""
+
+
 class CellRunner:
     """Runs one cell on this machine; ``stop()`` (any thread) ends its server early."""
 
@@ -101,7 +116,8 @@ class CellRunner:
                 server.start()
             except ServerStartError as e:
                 why = "timed out" if timed_out.is_set() else "failed to start"
-                raise CellFailed(f"vLLM server {why}: {e}", str(log_path), info=info) from None
+                raise CellFailed(f"vLLM server {why}: {error_line(log_path) or e}\n{e}", str(log_path),
+                                 info=info) from None
             progress.phase("replaying")
             result = replay_with_server_metrics(
                 server.url, server.model_name, spec.requests,
@@ -111,8 +127,8 @@ class CellRunner:
             if timed_out.is_set():
                 raise CellFailed(f"cell timed out after {be.cell_timeout_s:.0f} s", str(log_path), info=info)
             if not server.is_alive():
-                raise CellFailed(f"vLLM server crashed during the replay:\n{server.log_tail()}", str(log_path),
-                                 info=info)  # fmt: skip
+                raise CellFailed(f"vLLM server crashed during the replay: {error_line(log_path)}\n"
+                                 f"{server.log_tail()}", str(log_path), info=info)  # fmt: skip
         except CellFailed:
             raise
         except Exception as e:
