@@ -9,7 +9,7 @@ import pytest
 
 from workloads.metrics import jain_index, load_records, records_frame, save_parquet, summarize
 from workloads.records import RequestRecord
-from workloads.server_metrics import parse, server_summary
+from workloads.server_metrics import KV_USAGE, RUNNING, WAITING, parse, parse_gauges, server_summary
 
 
 def _rec(i, ttft_ms, e2e_ms, out, tenant="a", lag_ms=0.0, **kw):
@@ -122,6 +122,8 @@ def test_prometheus_parse_and_server_summary():
     assert m["vllm:request_success_total"] == 32.0  # summed over finished reasons
     assert m["vllm:e2e_request_latency_seconds_count"] == 32.0
     assert not any(k.endswith(("_bucket", "_created")) for k in m)
+    fast = parse_gauges(PROM, (RUNNING, WAITING, KV_USAGE, "vllm:request_success_total"))
+    assert fast == {RUNNING: 3.0, "vllm:request_success_total": 32.0}
     before = {"vllm:num_preemptions_total": 5.0, "vllm:prefix_cache_hits_total": 56.0,
               "vllm:prefix_cache_queries_total": 24.0}
     samples = pd.DataFrame({"t_s": [0, 1, 2], "num_running": [1, 3, 2], "num_waiting": [0, 4, 2],

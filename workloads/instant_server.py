@@ -62,10 +62,13 @@ def make_app(model: str = MODEL, ttft_ms: float = 0.0, itl_ms: float = 0.0) -> w
     async def models(_: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": model, "object": "model"}]})
 
+    async def health(_: web.Request) -> web.Response:
+        return web.Response()
+
     app = web.Application()
     app.add_routes([web.post("/v1/completions", completions), web.get("/stats", stats),
                     web.post("/reset", reset), web.get("/v1/models", models),
-                    web.get("/health", lambda _: web.Response())])
+                    web.get("/health", health)])
     return app
 
 

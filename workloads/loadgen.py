@@ -226,8 +226,8 @@ async def _open_loop(run: _Run, reqs: list[Request], sem: asyncio.Semaphore | No
     tasks = []
     for r in reqs:
         scheduled = r.arrival_s - base
-        delay = scheduled - run.now()
-        if delay > 0:
+        # uvloop timers have millisecond resolution and may fire early: re-check, never send early
+        while (delay := scheduled - run.now()) > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(run.send(r, scheduled, sem=sem)))
     return list(await asyncio.gather(*tasks))

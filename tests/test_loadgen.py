@@ -1,0 +1,96 @@
+"""Load generator mechanics against the instant aiohttp server (no model): timing, caps, errors, body."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+
+from workloads import Request, synthetic
+from workloads.instant_server import InstantServer
+from workloads.loadgen import replay
+from workloads.metrics import summarize
+
+
+def _trace(n, rate, out=4, **kw):
+    t = synthetic(num_requests=n, rate=rate, prompt_len=8, output_len=out, seed=0, **kw)
+    for r in t:
+        r.prompt_token_ids = list(range(3, 3 + r.prompt_len))
+    return t
+
+
+def _stats(url):
+    with urllib.request.urlopen(url + "/stats") as resp:
+        return json.load(resp)
+
+
+def _max_overlap(records):
+    events = sorted([(r.actual_send_s, 1) for r in records] + [(r.actual_send_s + r.e2e_s, -1) for r in records],
+                    key=lambda e: (e[0], e[1]))
+    return max(np.cumsum([d for _, d in events]))
+
+
+def test_open_loop_sends_on_schedule_without_waiting():
+    # every response takes >= 300 ms, requests are due every ~10 ms: an open loop must not wait
+    reqs = _trace(60, rate=100.0, out=3)
+    with InstantServer(ttft_ms=300) as srv:
+        recs = replay(srv.url, "instant", reqs)
+        arrivals = np.asarray(_stats(srv.url)["arrivals"])
+    assert all(r.ok and r.output_tokens == 3 and len(r.itl_s) == 2 for r in recs)
+    lags = np.asarray([r.actual_send_s - r.scheduled_send_s for r in recs])
+    assert lags.min() >= 0 and np.percentile(lags, 99) < 0.02
+    assert _max_overlap(recs) > 20  # many in flight at once
+    server_gaps = np.diff(np.sort(arrivals))
+    trace_gaps = np.diff([r.arrival_s for r in reqs])
+    assert abs(server_gaps.sum() - trace_gaps.sum()) < 0.05
+    assert all(r.ttft_s >= 0.3 and r.ttft_s < r.e2e_s for r in recs)
+
+
+def test_max_concurrency_and_closed_loop():
+    reqs = _trace(30, rate=float("inf"), out=2)  # all due at t=0
+    with InstantServer(ttft_ms=50) as srv:
+        capped = replay(srv.url, "instant", reqs, max_concurrency=4)
+        closed = replay(srv.url, "instant", reqs, closed_loop_users=3)
+    assert all(r.ok for r in capped + closed)
+    assert _max_overlap(capped) == 4
+    assert max(r.actual_send_s - r.scheduled_send_s for r in capped) > 0.3  # queued behind the cap
+    assert _max_overlap(closed) == 3
+    assert max(r.actual_send_s for r in closed) > 0.45  # ~10 rounds of 50 ms
+
+
+def test_warmup_progress_and_request_body():
+    reqs = _trace(10, rate=200.0, tenants={"gold": 1, "free": 1}, tenant_priority={"gold": -2},
+                  deadline_s={"gold": 1.5}, output_len_hint=True)
+    progress = []
+    with InstantServer() as srv:
+        recs = replay(srv.url, "instant", reqs, warmup=3, on_progress=lambda *a: progress.append(a))
+        bodies = _stats(srv.url)["bodies"]
+    assert [r.warmup for r in recs] == [True] * 3 + [False] * 10
+    assert summarize(recs)["num_requests"] == 10
+    assert progress[0] == (0, 10, 0) and progress[-1][:2] == (10, 10)
+    measured = bodies[3:]
+    by_tenant = {b["vllm_xargs"]["tenant"]: b for b in measured}
+    gold, free = by_tenant["gold"], by_tenant["free"]
+    assert gold["priority"] == -2 and gold["vllm_xargs"]["deadline_s"] == 1.5
+    assert "priority" not in free and "deadline_s" not in free["vllm_xargs"]
+    for b in measured:
+        assert b["stream"] is True and b["ignore_eos"] is True and b["stream_options"] == {"include_usage": True}
+        assert b["max_tokens"] == b["vllm_xargs"]["output_len_hint"] == 4
+
+
+def test_errors_and_timeouts_are_records():
+    reqs = _trace(4, rate=float("inf"))
+    no_prompt = Request("np", 0.0, 5, 2)
+    with InstantServer(ttft_ms=2000) as srv:
+        slow = replay(srv.url, "instant", reqs, request_timeout_s=0.3)
+        wrong = replay(srv.url, "no-such-model", reqs[:1])
+        missing = replay(srv.url, "instant", [no_prompt])
+    assert all(not r.ok and r.error == "timeout after 0.3 s" for r in slow)
+    assert summarize(slow)["num_timeouts"] == 4
+    assert wrong[0].status == 404 and "not found" in wrong[0].error
+    assert "materialize" in missing[0].error
+    refused = replay("http://127.0.0.1:9", "instant", reqs[:2])  # nothing listens on port 9
+    assert all(r.status == 0 and r.error.startswith("ClientConnectorError") for r in refused)
+    assert summarize(refused)["num_failed"] == 2
