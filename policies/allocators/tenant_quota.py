@@ -17,13 +17,24 @@ class TenantQuotaAllocator(BlockAllocator):
         self.quota_blocks = quota_blocks
         self.per_tenant = dict(per_tenant or {})
 
-    def held_blocks(self, t: str) -> int:
-        manager = self.scheduler.kv_cache_manager.coordinator.single_type_managers[0]
-        holders = list(self.scheduler.running) + list(self.scheduler.kv_holding_waiting)
-        return sum(len(manager.req_to_blocks.get(r.request_id, ())) for r in holders if tenant(r) == t)
+        self._step = -1
+        self._held: dict[str, int] = {}
+
+    def held_blocks(self) -> dict[str, int]:
+        """Blocks held per tenant, counted once per step and then updated by this step's admissions."""
+        if self._step != self.scheduler.current_step:
+            self._step = self.scheduler.current_step
+            manager = self.scheduler.kv_cache_manager.coordinator.single_type_managers[0]
+            self._held = {}
+            for r in [*self.scheduler.running, *self.scheduler.kv_holding_waiting]:
+                t = tenant(r)
+                self._held[t] = self._held.get(t, 0) + len(manager.req_to_blocks.get(r.request_id, ()))
+        return self._held
 
     def admit(self, request) -> bool:
-        t = tenant(request)
-        held = self.held_blocks(t)
+        t, held = tenant(request), self.held_blocks()
         needed = -(-request.num_tokens // self.scheduler.block_size)
-        return held == 0 or held + needed <= self.per_tenant.get(t, self.quota_blocks)
+        if held.get(t, 0) and held[t] + needed > self.per_tenant.get(t, self.quota_blocks):
+            return False
+        held[t] = held.get(t, 0) + needed  # assume admitted (an allocation failure ends the step anyway)
+        return True
