@@ -21,22 +21,12 @@ def build_scheduler(
     num_blocks: int,
     **config_kwargs: Any,
 ):
-    """The Scheduler class and additional_config the real server gets from ``policies.vllm_args``."""
-    try:
-        import policies
-        scheduler_config = policies.scheduler_config
-    except (ImportError, AttributeError):
-        scheduler_config = None
-    if scheduler_config is not None:
-        cls, additional_config = scheduler_config(
-            policy=policy, policy_args=policy_args, allocator=allocator, allocator_args=allocator_args
-        )
-    else:  # policies plugin not available yet: vLLM's stock FCFS Scheduler only
-        if policy != "fcfs" or allocator != "default":
-            raise ValueError(f"policy {policy!r} / allocator {allocator!r} need policies.scheduler_config")
-        from vllm.v1.core.sched.scheduler import Scheduler
+    """vLLM's Scheduler as the real server builds it from ``policies.vllm_args``: the
+    ``PolicyScheduler`` plugin with the same ``additional_config``."""
+    import policies
 
-        cls, additional_config = Scheduler, {}
+    additional_config = policies.schedlab_config(policy, policy_args, allocator, allocator_args)
+    cls = policies.scheduler_class()
     return make_scheduler(
         model_dir, scheduler_cls=cls, block_size=block_size, num_blocks=num_blocks,
         additional_config=additional_config, **config_kwargs,

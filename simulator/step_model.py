@@ -7,8 +7,12 @@ seconds of virtual time. Two models:
 - ``RooflineModel``: max(compute time, memory time) + a fixed per-step overhead, from the model's
   ``config.json`` and a hardware spec (peak FLOP/s, memory bandwidth) — the roofline model of
   Williams et al. (CACM 2009), as used for LLM inference by LLM-Viewer (Yuan et al., 2024).
-- ``LinearModel``: ``t = c0 + c1·prefill_tokens + c2·decode_tokens + c3·Σcontext``, fitted by least
-  squares to per-step timings of a real server (``python -m simulator.calibrate``).
+- ``LinearModel``: ``t = c0 + c1·prefill_tokens + c2·decode_tokens + c3·Σcontext (+ c4·[step has
+  a prefill chunk])``, fitted by least squares to per-step timings of a real server
+  (``python -m simulator.calibrate``). The optional ``c4`` is a fixed extra cost of steps that run
+  any prefill (another attention path, prompt-side bookkeeping): on vLLM's CPU backend a 48-token
+  prefill step takes ~6 ms against ~2 ms for a one-request decode step, which ``c0..c3`` alone
+  cannot express.
 
 Both also carry the fixed client-side latencies a real server adds outside engine steps
 (HTTP, tokenization, detokenization, streaming): ``request_latency_in_s`` from the client's send to
@@ -189,12 +193,13 @@ FEATURES = ("prefill_tokens", "decode_tokens", "sum_context")
 
 @dataclass
 class LinearModel:
-    """t = c0 + c1·prefill_tokens + c2·decode_tokens + c3·Σcontext, fitted to measured steps."""
+    """t = c0 + c1·prefill_tokens + c2·decode_tokens + c3·Σcontext + c4·[prefill_tokens > 0]."""
 
     c0: float
     c1: float
     c2: float
     c3: float
+    c4: float = 0.0
     name: str = "linear"
     request_latency_in_s: float = 0.0
     request_latency_out_s: float = 0.0
@@ -203,26 +208,29 @@ class LinearModel:
     meta: dict[str, Any] = field(default_factory=dict)  # where/how it was measured, fit quality
 
     def step_time(self, prefill_tokens: int, decode_tokens: int, num_reqs: int, sum_context: int, prefill_attn: int) -> float:
-        return self.c0 + self.c1 * prefill_tokens + self.c2 * decode_tokens + self.c3 * sum_context
+        t = self.c0 + self.c1 * prefill_tokens + self.c2 * decode_tokens + self.c3 * sum_context
+        return t + self.c4 if prefill_tokens else t
 
     @classmethod
-    def fit(cls, shapes: list[BatchShape], times_s: list[float], **kwargs: Any) -> "LinearModel":
+    def fit(cls, shapes: list[BatchShape], times_s: list[float], *, prefill_step_term: bool = True,
+            **kwargs: Any) -> "LinearModel":
         """Least squares with non-negative coefficients (a negative cost per token is a fitting
         artefact of noisy timings; such coefficients are dropped and the rest refitted)."""
         import numpy as np
 
         if len(shapes) < 4:
             raise ValueError(f"need at least 4 measured steps to fit a linear step model, got {len(shapes)}")
-        x = np.array([[1.0, s.prefill_tokens, s.decode_tokens, s.sum_context] for s in shapes])
+        x = np.array([[1.0, s.prefill_tokens, s.decode_tokens, s.sum_context, float(s.prefill_tokens > 0)]
+                      for s in shapes])  # fmt: skip
         y = np.asarray(times_s, dtype=float)
-        active = [0, 1, 2, 3]
+        active = [0, 1, 2, 3, 4] if prefill_step_term else [0, 1, 2, 3]
         while True:
             coef, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
             negative = [a for a, c in zip(active, coef) if c < 0 and a != 0]
             if not negative:
                 break
             active.remove(negative[0])
-        full = np.zeros(4)
+        full = np.zeros(5)
         full[active] = coef
         pred = x @ full
         rel_err = float(np.median(np.abs(pred - y) / np.maximum(y, 1e-9)))
@@ -283,7 +291,7 @@ def load_step_model(spec: "str | dict[str, Any] | StepTimeModel") -> StepTimeMod
             hw = Hardware(**{**asdict(hw), **hw_fields})
         return RooflineModel(hw, **data)
     if kind == "linear":
-        missing = [c for c in ("c0", "c1", "c2", "c3") if c not in data]
+        missing = [c for c in ("c0", "c1", "c2", "c3") if c not in data]  # c4 is optional
         if missing:
             raise ValueError(f"linear step model is missing coefficients {missing}")
         return LinearModel(**data)

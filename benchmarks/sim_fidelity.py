@@ -1,0 +1,46 @@
+"""Sim vs real vLLM on CPU: calibrate, then compare on a held-out workload; prints the errors.
+
+    flock /tmp/schedlab-vllm.lock .venv/bin/python benchmarks/sim_fidelity.py [--save-profile]
+
+One server start (~40-60 s) + ~30 s of load. Target: every metric within 10% (goal 5%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--save-profile", action="store_true", help="also save the fitted profile as conf/step_model/cpu_tiny_fidelity.yaml")
+    ap.add_argument("--requests", type=int, default=80)
+    a = ap.parse_args()
+
+    from orchestrator.models import write_model_dir
+    from simulator import simulate
+    from simulator.calibrate import calibrate
+    from simulator.fidelity import SERVER_ARGS, Comparison, heldout_workload, real_summary, sim_kwargs
+    from simulator.step_model import PROFILE_DIR
+
+    model_dir = write_model_dir("tiny")
+    heldout = heldout_workload(a.requests)
+    cal = calibrate(model_dir, name="cpu_tiny_fidelity", server_args=SERVER_ARGS, extra_workloads=[heldout])
+    p = cal.profile
+    print(f"profile: t = {p.c0 * 1e3:.3f} ms + {p.c1 * 1e6:.2f} us/prefill tok + {p.c2 * 1e6:.2f} us/decode tok "
+          f"+ {p.c3 * 1e9:.3f} ns/ctx tok + {p.c4 * 1e3:.3f} ms/prefill step; r2={p.meta['r2']:.3f}; "
+          f"latency in {p.request_latency_in_s * 1e3:.2f} ms, out {p.request_latency_out_s * 1e3:.2f} ms")
+    if a.save_profile:
+        print("saved", p.save(PROFILE_DIR / "cpu_tiny_fidelity.yaml"))
+    real = real_summary(cal.runs[0], cal.step_log)
+    res = simulate(heldout, model_dir=model_dir, step_model=p, **sim_kwargs(p))
+    cmp = Comparison(real, res.summary)
+    print(f"held-out workload: {len(heldout)} requests; sim wall {res.wall_s:.2f} s")
+    print(cmp.table())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Calibrate the linear step-time model against a real vLLM server.
+
+    flock /tmp/schedlab-vllm.lock python -m simulator.calibrate --model tiny --name cpu_tiny
+
+starts ``vllm serve`` with ``simulator.step_timer.StepTimingScheduler``, replays a sweep of batch
+shapes (bursts of 1..32 concurrent requests × short/long prompts, then a Poisson mix) with the
+real load generator, fits ``t = c0 + c1·prefill + c2·decode + c3·Σcontext`` to the measured step
+cycles, measures the fixed request latencies outside engine steps (client send → engine add,
+engine step end → client sees the token), and saves the profile to ``conf/step_model/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from simulator.step_model import PROFILE_DIR, BatchShape, LinearModel
+from simulator.step_timer import ENV_VAR, prompt_key
+from workloads.records import RequestRecord
+from workloads.trace import Request
+
+STEP_TIMER_CLS = "simulator.step_timer.StepTimingScheduler"
+# Engine limits used for calibration and the fidelity check (the sim must use the same ones).
+DEFAULT_SERVER_ARGS = ("--max-num-seqs", "32", "--max-num-batched-tokens", "1024")
+
+
+def sweep_workload(seed: int = 0) -> list[list[Request]]:
+    """Phases of the calibration sweep, each replayed after the previous one drained."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    phases: list[list[Request]] = []
+    for conc in (1, 4, 16, 32):
+        for plen in (48, 400):
+            phases.append([Request(f"cal-b{conc}-{plen}-{i}", 0.0, plen, 24) for i in range(conc)])
+    # A Poisson mix: prefill chunks batched with decodes of varied context.
+    t = np.cumsum(rng.exponential(1 / 40.0, 60))
+    phases.append([
+        Request(f"cal-mix-{i}", float(t[i]), int(rng.integers(16, 700)), int(rng.integers(4, 80)))
+        for i in range(60)
+    ])  # fmt: skip
+    return phases
+
+
+@dataclass
+class RealRun:
+    """Records of one replay and the absolute (perf_counter) time of its clock's zero."""
+
+    records: list[RequestRecord]
+    t0: float
+    requests: list[Request]
+
+
+async def _replay(url: str, model: str, requests: list[Request]) -> RealRun:
+    from workloads.loadgen import run_load
+
+    box: dict[str, float] = {}
+    records = await run_load(url, model, requests, on_measure_start=lambda: box.setdefault("t0", time.perf_counter()))
+    return RealRun([r for r in records if not r.warmup], box["t0"], requests)
+
+
+def replay(url: str, model: str, requests: list[Request]) -> RealRun:
+    """``workloads.loadgen`` replay that also returns the run's absolute clock origin."""
+    return asyncio.run(_replay(url, model, requests))
+
+
+def read_step_log(path: str | Path) -> tuple[dict[str, Any], list[dict], list[dict]]:
+    config: dict[str, Any] = {}
+    adds, steps = [], []
+    for line in Path(path).read_text().splitlines():
+        rec = json.loads(line)
+        ev = rec.pop("ev")
+        if ev == "config":
+            config = rec
+        elif ev == "add":
+            adds.append(rec)
+        elif ev == "step":
+            steps.append(rec)
+    return config, adds, steps
+
+
+def step_cycles(steps: list[dict]) -> tuple[list[BatchShape], list[float]]:
+    """(shape, seconds) of every step that the next step followed at once (``busy``): its cycle
+    runs from its schedule() to the next schedule() and includes all engine-loop overhead."""
+    shapes, times = [], []
+    for a, b in zip(steps, steps[1:]):
+        if a["busy"]:
+            shapes.append(BatchShape(a["prefill"], a["decode"], a["num_reqs"], a["sum_context"], a["prefill_attn"]))
+            times.append(b["t0"] - a["t0"])
+    return shapes, times
+
+
+def request_latencies(runs: Sequence[RealRun], adds: list[dict], steps: list[dict]) -> tuple[float, float]:
+    """Median (client send → engine add) and (engine first-token step end → client first token).
+
+    "Step end" is the next step's start (see ``step_cycles``), matching the simulator, which
+    emits a step's tokens at the end of its cycle.
+    """
+    add_t = {a["key"]: a["t"] for a in adds}
+    first_end: dict[int, float] = {}
+    for a, b in zip(steps, steps[1:]):
+        end = b["t0"] if a["busy"] else a["t3"]
+        for key in a["first"]:
+            first_end.setdefault(key, end)
+    lat_in, lat_out = [], []
+    for run in runs:
+        by_id = {r.request_id: r for r in run.requests}
+        for rec in run.records:
+            if not rec.ok or rec.ttft_s is None:
+                continue
+            key = prompt_key(by_id[rec.request_id].prompt_token_ids)
+            send = run.t0 + rec.actual_send_s
+            if key in add_t:
+                lat_in.append(add_t[key] - send)
+            if key in first_end:
+                lat_out.append(send + rec.ttft_s - first_end[key])
+    if not lat_in or not lat_out:
+        raise RuntimeError("could not match any client request to the engine's step log")
+    return statistics.median(lat_in), statistics.median(lat_out)
+
+
+def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, meta: dict | None = None) -> LinearModel:
+    config, adds, steps = read_step_log(step_log)
+    shapes, times = step_cycles(steps)
+    # Latencies from requests sent one at a time or at a Poisson rate: in bursts of 32 simultaneous
+    # requests the API server's own queueing would inflate them.
+    lat_in, lat_out = request_latencies([r for r in runs if len(r.requests) == 1 or r.requests[-1].arrival_s > 0],
+                                        adds, steps)
+    return LinearModel.fit(
+        shapes, times, name=f"linear:{name}", request_latency_in_s=lat_in, request_latency_out_s=lat_out,
+        num_gpu_blocks=config.get("num_gpu_blocks"), block_size=config.get("block_size", 16),
+        meta={**(meta or {}), "engine": config},
+    )  # fmt: skip
+
+
+@dataclass
+class Calibration:
+    profile: LinearModel
+    runs: list[RealRun]  # replays of ``extra_workloads``
+    step_log: Path
+
+
+def calibrate(
+    model_dir: str | Path,
+    *,
+    name: str,
+    server_args: Sequence[str] = DEFAULT_SERVER_ARGS,
+    extra_workloads: Sequence[list[Request]] = (),
+    policy: str = "fcfs",
+    policy_args: dict | None = None,
+    seed: int = 0,
+) -> Calibration:
+    """Start a timed server, replay the sweep (then ``extra_workloads`` on the same server), fit.
+
+    Also returns the runs of ``extra_workloads`` (e.g. a held-out fidelity workload, measured on
+    the same server start to save one start-up) and the step log.
+    """
+    from orchestrator.server import VLLMServer
+    from workloads.prompts import materialize
+
+    phases = sweep_workload(seed)
+    for p in (*phases, *extra_workloads):
+        materialize(p, model_dir, seed=seed)
+    log = Path(tempfile.mkdtemp(prefix="schedlab-calib-")) / "steps.jsonl"
+    import policies
+
+    args = policies.vllm_args(policy, policy_args)
+    args[args.index("--scheduler-cls") + 1] = STEP_TIMER_CLS  # a PolicyScheduler subclass
+    args += list(server_args)
+    with VLLMServer(model_dir, extra_args=args, env={ENV_VAR: str(log)}) as server:
+        sweep_runs = [replay(server.url, server.model_name, p) for p in phases]
+        extra_runs = [replay(server.url, server.model_name, w) for w in extra_workloads]
+        time.sleep(0.5)  # the step log is flushed when the engine goes idle
+    meta = {"model_dir": str(model_dir), "server_args": list(server_args), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "num_requests": sum(len(p) for p in phases)}  # fmt: skip
+    return Calibration(fit_profile(sweep_runs, log, name=name, meta=meta), extra_runs, log)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from orchestrator.models import MODEL_PRESETS, write_model_dir
+
+    ap = argparse.ArgumentParser(prog="python -m simulator.calibrate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="tiny", choices=sorted(MODEL_PRESETS))
+    ap.add_argument("--name", default=None, help="profile name (default: <device>_<model>)")
+    ap.add_argument("--out-dir", default=str(PROFILE_DIR))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("server_args", nargs="*", help="extra vllm serve args (after --), replacing the defaults")
+    a = ap.parse_args(argv)
+    from orchestrator.server import vllm_build
+
+    name = a.name or f"{vllm_build()}_{a.model}"
+    profile = calibrate(write_model_dir(a.model), name=name, server_args=a.server_args or DEFAULT_SERVER_ARGS, seed=a.seed).profile
+    path = profile.save(Path(a.out_dir) / f"{name}.yaml")
+    print(f"saved {path}")
+    print(f"t = {profile.c0 * 1e3:.3f} ms + {profile.c1 * 1e6:.3f} us·prefill + {profile.c2 * 1e6:.3f} us·decode "
+          f"+ {profile.c3 * 1e9:.3f} ns·Σcontext + {profile.c4 * 1e3:.3f} ms·[prefill]  (r2={profile.meta['r2']:.3f}, "
+          f"median rel err {profile.meta['median_rel_err']:.1%}, {profile.meta['num_steps']} steps)")  # fmt: skip
+    print(f"request latency in {profile.request_latency_in_s * 1e3:.2f} ms, out {profile.request_latency_out_s * 1e3:.2f} ms; "
+          f"engine {profile.meta['engine']}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Sim-vs-real fidelity on the CPU tiny model (shared by the test and ``benchmarks/sim_fidelity.py``).
+
+One real-server start: calibrate on the sweep (``simulator.calibrate``), then replay a held-out
+workload — different arrival process, lengths and seed than anything in the sweep — on the same
+server. The simulator then replays the held-out workload with the fitted profile and the engine
+limits the server reported, and the two are compared on client-side metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workloads.trace import Request
+
+# Engine limits for both the server and the sim; 40 KV blocks (of the CPU backend's 128 tokens)
+# put the held-out workload under KV pressure, so preemptions are compared too.
+SERVER_ARGS = ("--max-num-seqs", "32", "--max-num-batched-tokens", "1024", "--num-gpu-blocks-override", "40")
+METRICS = ("output_token_throughput", "ttft_ms_p50", "ttft_ms_p90", "tpot_ms_p50", "server_num_preemptions")
+
+
+def heldout_workload(num_requests: int = 80, rate: float = 24.0, seed: int = 1) -> list[Request]:
+    from workloads.synthetic import synthetic
+
+    return list(synthetic(num_requests, rate, prompt_len="uniform:64:512", output_len="uniform:16:128", seed=seed))
+
+
+def sim_kwargs(profile) -> dict[str, Any]:
+    """``simulate`` engine limits equal to the calibrated server's (from its step log)."""
+    e = profile.meta["engine"]
+    return dict(block_size=e["block_size"], num_gpu_blocks=e["num_gpu_blocks"], max_num_seqs=e["max_num_seqs"],
+                max_num_batched_tokens=e["max_num_batched_tokens"], max_model_len=e["max_model_len"],
+                enable_prefix_caching=e["enable_prefix_caching"])  # fmt: skip
+
+
+@dataclass
+class Comparison:
+    real: dict[str, float]
+    sim: dict[str, float]
+
+    def rel_err(self, metric: str) -> float:
+        r, s = self.real[metric], self.sim[metric]
+        return abs(s - r) / abs(r) if r else (0.0 if s == r else float("inf"))
+
+    def table(self) -> str:
+        lines = [f"{'metric':<26}{'real':>12}{'sim':>12}{'error':>9}"]
+        for m in METRICS:
+            lines.append(f"{m:<26}{self.real[m]:>12.2f}{self.sim[m]:>12.2f}{self.rel_err(m):>9.1%}")
+        return "\n".join(lines)
+
+
+def real_summary(run, step_log: str | Path) -> dict[str, float]:
+    """Client metrics of a real run plus the engine's preemptions during it (from the step log)."""
+    from simulator.calibrate import read_step_log
+    from workloads.metrics import summarize
+
+    out = summarize(run.records)
+    _, _, steps = read_step_log(step_log)
+    end = run.t0 + max(r.actual_send_s + (r.e2e_s or 0) for r in run.records)
+    out["server_num_preemptions"] = float(sum(s.get("preempted", 0) for s in steps if run.t0 <= s["t0"] <= end))
+    return out

@@ -1,0 +1,102 @@
+"""A Scheduler subclass that logs every engine step of a real server, for calibration.
+
+Load it with ``--scheduler-cls simulator.step_timer.StepTimingScheduler`` (plus the policy's
+``--additional-config`` from ``policies.vllm_args``) and set ``SCHEDLAB_STEP_LOG=<path.jsonl>`` in
+the server's environment. It subclasses the policy plugin's ``PolicyScheduler``, so the timed
+server schedules exactly like the experiment's.
+
+One JSON line per event, all times ``time.perf_counter()`` (CLOCK_MONOTONIC: comparable with the
+load generator's clock on the same machine):
+- ``{"ev": "config", ...}``: block size, KV blocks, max_num_seqs, ... of the running engine;
+- ``{"ev": "add", "t", "key"}``: a request reached the engine (``key``: hash of its prompt ids);
+- ``{"ev": "step", "t0", "t1", "t2", "t3", "prefill", "decode", "num_reqs", "sum_context",
+  "prefill_attn", "first": [keys], "preempted", "busy"}``: ``t0``/``t1`` schedule() start/end, ``t2``/``t3``
+  update_from_output() start/end; ``first`` = requests whose first token came from this step;
+  ``busy`` = the engine had requests left (so the next step starts at once: t0 of the next step
+  minus this t0 is this step's full cycle, forward pass and engine overhead included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from policies.scheduler import PolicyScheduler as _Base  # time the scheduler experiments run
+
+ENV_VAR = "SCHEDLAB_STEP_LOG"
+
+
+def prompt_key(prompt_token_ids) -> int:
+    """Identifies a request across client and engine (the engine's request ids are random)."""
+    return hash(tuple(prompt_token_ids[:64])) & 0x7FFFFFFFFFFF ^ len(prompt_token_ids)
+
+
+class StepTimingScheduler(_Base):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        path = os.environ.get(ENV_VAR)
+        self._step_log = open(path, "a", buffering=1 << 16) if path else None
+        self._keys: dict[str, int] = {}
+        self._t0 = self._t1 = 0.0
+        self._shape: dict | None = None
+        if self._step_log is not None:
+            self._write(
+                ev="config",
+                block_size=self.block_size,
+                num_gpu_blocks=self.cache_config.num_gpu_blocks,
+                max_num_seqs=self.max_num_running_reqs,
+                max_num_batched_tokens=self.max_num_scheduled_tokens,
+                max_model_len=self.max_model_len,
+                enable_prefix_caching=bool(self.cache_config.enable_prefix_caching),
+                scheduler=type(self).__mro__[1].__module__ + "." + type(self).__mro__[1].__name__,
+            )
+
+    def _write(self, **rec) -> None:
+        self._step_log.write(json.dumps(rec) + "\n")
+
+    def add_request(self, request) -> None:
+        if self._step_log is not None and request.prompt_token_ids is not None:
+            key = prompt_key(request.prompt_token_ids)
+            self._keys[request.request_id] = key
+            self._write(ev="add", t=time.perf_counter(), key=key)
+        super().add_request(request)
+
+    def schedule(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = super().schedule(*args, **kwargs)
+        self._t0, self._t1 = t0, time.perf_counter()
+        if self._step_log is not None:
+            prefill = decode = ctx_sum = prefill_attn = 0
+            first = []
+            for rid, k in out.num_scheduled_tokens.items():
+                r = self.requests[rid]
+                ctx = r.num_computed_tokens
+                ctx_sum += ctx
+                if k == 1:
+                    decode += 1
+                else:
+                    prefill += k
+                    prefill_attn += k * ctx
+                if not r.is_prefill_chunk and r.num_output_tokens == 0:
+                    first.append(self._keys.get(rid))
+            self._shape = dict(prefill=prefill, decode=decode, num_reqs=len(out.num_scheduled_tokens),
+                               sum_context=ctx_sum, prefill_attn=prefill_attn, first=first,
+                               preempted=len(out.preempted_req_ids or ()))  # fmt: skip
+        return out
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        t2 = time.perf_counter()
+        out = super().update_from_output(scheduler_output, model_runner_output)
+        if self._step_log is not None and self._shape is not None and self._shape["num_reqs"]:
+            self._write(ev="step", t0=self._t0, t1=self._t1, t2=t2, t3=time.perf_counter(),
+                        busy=self.has_requests(), **self._shape)  # fmt: skip
+            if not self.has_requests():
+                self._step_log.flush()
+        self._shape = None
+        return out
+
+    def shutdown(self) -> None:
+        if self._step_log is not None:
+            self._step_log.flush()
+        super().shutdown()
