@@ -74,15 +74,18 @@ def override_key(override: str) -> str:
 
 
 def expand(grid: Any, cells: Sequence[Any] = (), pinned: Sequence[str] = ()) -> list[list[str]]:
-    """Override lists of every cell: each entry of ``cells`` (or one empty cell) x the grid product."""
+    """Override lists of every cell: each entry of ``cells`` (or one empty entry) x the grid product
+    over the keys that entry does not set itself."""
     flat = {k: v for k, v in flatten_grid(grid).items() if k not in set(pinned)}
-    sweeps = [f"{k}={','.join(_format_value(x) for x in vals)}" for k, vals in flat.items()]
-    parsed = OverridesParser.create().parse_overrides(sweeps)
-    (product,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
     if isinstance(cells, (DictConfig, ListConfig)):
         cells = OmegaConf.to_container(cells, resolve=True)
-    explicit = [[f"{k}={_format_value(v)}" for k, v in c.items() if k not in set(pinned)] for c in cells] or [[]]
-    return [e + p for e in explicit for p in product]
+    out = []
+    for entry in cells or [{}]:
+        fixed = {k: v[0] for k, v in flatten_grid(entry).items() if k not in set(pinned)}
+        sweeps = [f"{k}={','.join(_format_value(x) for x in vals)}" for k, vals in flat.items() if k not in fixed]
+        (product,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(sweeps), None)
+        out += [[f"{k}={_format_value(v)}" for k, v in fixed.items()] + p for p in product]
+    return out
 
 
 def cell_key(cfg: DictConfig) -> str:

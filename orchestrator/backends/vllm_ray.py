@@ -1,0 +1,143 @@
+"""Cells as Ray actors: each actor runs one cell's ``vllm serve`` (the same ``CellRunner`` as
+``vllm_local``) with ``num_gpus`` = tensor-parallel size (0 on a CPU-only cluster), and cells run in
+parallel up to the cluster's capacity.
+
+``backend.ray_address``: ``auto`` joins a running cluster (``ray start --head`` on the head node,
+``ray start --address=...`` on workers, or KubeRay); ``null`` starts a local Ray instance. On a
+remote cluster this repository is shipped as the job's ``working_dir`` so the policy plugins are
+importable by every server. Results (records, metrics, the server log's text) come back to the
+driver, which alone writes to MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import ray
+from omegaconf import DictConfig
+
+from orchestrator.backends.base import Backend, CellFailed, CellProgress, CellResult, CellSpec, NullProgress
+from orchestrator.backends.vllm_local import CellRunner
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@ray.remote(max_concurrency=2)  # run() and stop() on separate threads, so Ctrl-C can stop a running cell
+class CellActor:
+    def __init__(self) -> None:
+        self.runner = CellRunner()
+
+    def run(self, spec: CellSpec) -> CellResult:
+        try:
+            Path(spec.out_dir).mkdir(parents=True, exist_ok=True)
+        except OSError:  # the driver's results path does not exist on this node
+            spec.out_dir = tempfile.mkdtemp(prefix="schedlab-cell-")
+        model_root = Path(tempfile.gettempdir()) / "schedlab-models"
+        try:
+            result = self.runner.run(spec, NullProgress(), model_root)
+        except CellFailed as e:
+            e.log_text = _read(e.log_path)
+            e.info["node"] = ray.util.get_node_ip_address()
+            raise
+        result.log_text = _read(result.log_path)
+        result.info["node"] = ray.util.get_node_ip_address()
+        return result
+
+    def stop(self) -> None:
+        self.runner.stop()
+
+
+def _read(path: str | None) -> str | None:
+    try:
+        return Path(path).read_text(errors="replace") if path else None
+    except OSError:
+        return None
+
+
+class VLLMRayBackend(Backend):
+    name = "vllm_ray"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        be = cfg.backend
+        runtime_env: dict = {"env_vars": {"PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}}  # fmt: skip
+        if be.ray_address and be.ray_ship_code:
+            runtime_env = {"working_dir": str(REPO_ROOT),
+                           "excludes": [".git", ".venv", "results", "**/__pycache__"]}  # fmt: skip
+        init_kw = {"address": be.ray_address, "runtime_env": runtime_env, "include_dashboard": False,
+                   "log_to_driver": False}  # fmt: skip
+        if not be.ray_address and be.ray_num_cpus is not None:
+            init_kw["num_cpus"] = be.ray_num_cpus
+        self._own_ray = not ray.is_initialized()
+        if self._own_ray:
+            ray.init(**init_kw)
+        self.live: dict[str, ray.actor.ActorHandle] = {}
+
+    def _capacity(self, num_cpus: float, num_gpus: float) -> int:
+        res = ray.cluster_resources()
+        cap = math.floor(res.get("CPU", 1) / num_cpus) if num_cpus else 1 << 30
+        if num_gpus:
+            cap = min(cap, math.floor(res.get("GPU", 0) / num_gpus))
+        return max(1, cap)
+
+    def run_cell(self, spec: CellSpec, progress: CellProgress) -> CellResult:
+        (_, outcome), = self.map_cells([spec], lambda s: progress)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def map_cells(
+        self, specs: Iterable[CellSpec], started: Callable[[CellSpec], CellProgress]
+    ) -> Iterator[tuple[CellSpec, CellResult | BaseException]]:
+        be = self.cfg.backend
+        has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+        pending = list(specs)
+        window = be.max_parallel or len(pending) or 1
+        refs: dict[ray.ObjectRef, tuple[CellSpec, ray.actor.ActorHandle]] = {}
+
+        def submit(spec: CellSpec) -> None:
+            cfg = spec.config()
+            num_gpus = cfg.model.tensor_parallel_size if has_gpus else 0
+            actor = CellActor.options(num_cpus=be.num_cpus_per_cell, num_gpus=num_gpus).remote()
+            progress = started(spec)
+            progress.phase("running on Ray")
+            self.live[spec.key] = actor
+            refs[actor.run.remote(spec)] = (spec, actor)
+
+        if pending:
+            cfg0 = pending[0].config()
+            cap = self._capacity(be.num_cpus_per_cell, cfg0.model.tensor_parallel_size if has_gpus else 0)
+            window = min(window, cap)
+        while pending or refs:
+            while pending and len(refs) < window:
+                submit(pending.pop(0))
+            done, _ = ray.wait(list(refs), num_returns=1)
+            spec, actor = refs.pop(done[0])
+            try:
+                outcome: CellResult | BaseException = ray.get(done[0])
+            except ray.exceptions.RayTaskError as e:
+                outcome = e.cause if isinstance(e.cause, CellFailed) else CellFailed(str(e))
+            except ray.exceptions.RayError as e:  # actor died (OOM, node lost)
+                outcome = CellFailed(f"Ray actor failed: {e}")
+            self.live.pop(spec.key, None)
+            ray.kill(actor)
+            yield spec, outcome
+
+    def stop_all(self) -> None:
+        stops = [a.stop.remote() for a in self.live.values()]
+        try:
+            ray.get(stops, timeout=60)
+        except Exception:
+            pass
+        for a in self.live.values():
+            ray.kill(a)
+        self.live.clear()
+
+    def close(self) -> None:
+        if self._own_ray and ray.is_initialized():
+            ray.shutdown()
