@@ -28,6 +28,7 @@ from simulator.step_model import (
     RooflineModel,
     StepTimeModel,
     load_step_model,
+    request_latencies,
 )
 from workloads.records import RequestRecord
 from workloads.trace import Request as TraceRequest
@@ -96,7 +97,8 @@ def simulate(
         max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
     )  # fmt: skip
     make_req = engine_request_factory(block_size=block_size, max_model_len=max_model_len)
-    loop = run_loop(sched, trace, make_req, step_model, on_progress=on_progress)
+    latencies = request_latencies(step_model, len(trace), seed)
+    loop = run_loop(sched, trace, make_req, step_model, latencies=latencies, on_progress=on_progress)
 
     ts = pd.DataFrame(
         {

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from simulator.step_model import PROFILE_DIR, BatchShape, LinearModel
 from simulator.step_timer import ENV_VAR, prompt_key
 from workloads.records import RequestRecord
@@ -97,8 +99,8 @@ def step_cycles(steps: list[dict]) -> tuple[list[BatchShape], list[float]]:
     return shapes, times
 
 
-def request_latencies(runs: Sequence[RealRun], adds: list[dict], steps: list[dict]) -> tuple[float, float]:
-    """Median (client send → engine add) and (engine first-token step end → client first token).
+def request_latencies(runs: Sequence[RealRun], adds: list[dict], steps: list[dict]) -> tuple[list[float], list[float]]:
+    """Per request: (client send → engine add) and (engine first-token step end → client first token).
 
     "Step end" is the next step's start (see ``step_cycles``), matching the simulator, which
     emits a step's tokens at the end of its cycle.
@@ -123,7 +125,7 @@ def request_latencies(runs: Sequence[RealRun], adds: list[dict], steps: list[dic
                 lat_out.append(send + rec.ttft_s - first_end[key])
     if not lat_in or not lat_out:
         raise RuntimeError("could not match any client request to the engine's step log")
-    return statistics.median(lat_in), statistics.median(lat_out)
+    return lat_in, lat_out
 
 
 def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, meta: dict | None = None) -> LinearModel:
@@ -133,8 +135,12 @@ def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, met
     # requests the API server's own queueing would inflate them.
     lat_in, lat_out = request_latencies([r for r in runs if len(r.requests) == 1 or r.requests[-1].arrival_s > 0],
                                         adds, steps)
+    grid = np.linspace(0, 100, 21)
     return LinearModel.fit(
-        shapes, times, name=f"linear:{name}", request_latency_in_s=lat_in, request_latency_out_s=lat_out,
+        shapes, times, name=f"linear:{name}",
+        request_latency_in_s=statistics.median(lat_in), request_latency_out_s=statistics.median(lat_out),
+        latency_in_quantiles=[float(x) for x in np.percentile(lat_in, grid)],
+        latency_out_quantiles=[float(x) for x in np.percentile(lat_out, grid)],
         num_gpu_blocks=config.get("num_gpu_blocks"), block_size=config.get("block_size", 16),
         meta={**(meta or {}), "engine": config},
     )  # fmt: skip

@@ -10,7 +10,7 @@ admission, chunked prefill, preemption, prefix caching and block allocation are 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.outputs import ModelRunnerOutput
@@ -55,16 +55,26 @@ def run_loop(
     make_engine_request: Callable[[TraceRequest, float], object],
     step_model: StepTimeModel,
     *,
+    latencies: tuple[Sequence[float], Sequence[float]] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     progress_every_steps: int = 2000,
 ) -> LoopResult:
-    """Replay ``trace`` (sorted by arrival) through ``sched``; return one record per request.
+    """Replay ``trace`` through ``sched``; return one record per request.
+
+    ``latencies`` = per-request (client → engine, engine → client) front-end delays, aligned with
+    ``trace`` (default: the step model's constants).
 
     ``make_engine_request(trace_request, engine_arrival_s)`` builds the vLLM ``Request``, or
     raises ``ValueError`` for a request the server would reject (recorded as HTTP 400).
     """
-    lat_in = step_model.request_latency_in_s
-    lat_out = step_model.request_latency_out_s
+    n = len(trace)
+    if latencies is None:
+        latencies = ([step_model.request_latency_in_s] * n, [step_model.request_latency_out_s] * n)
+    # Engine-side arrivals, in the order the engine sees them.
+    order = sorted(range(n), key=lambda j: (trace[j].arrival_s + latencies[0][j], j))
+    engine_t = [trace[j].arrival_s + float(latencies[0][j]) for j in order]
+    lat_out = {trace[j].request_id: float(latencies[1][j]) for j in range(n)}
+    trace = [trace[j] for j in order]
     step_time = step_model.step_time
     by_id = {r.request_id: r for r in trace}
     token_times: dict[str, list[float]] = {}
@@ -78,22 +88,23 @@ def run_loop(
     kv_usage = sched.get_kv_cache_usage
 
     t = 0.0
-    i, n = 0, len(trace)
+    i = 0
     num_done = 0
     num_steps = 0
     idle_steps = 0
     while i < n or sched.has_requests():
         if i < n and not sched.has_requests():
-            t = max(t, trace[i].arrival_s + lat_in)  # idle engine: jump to the next arrival
-        while i < n and trace[i].arrival_s + lat_in <= t:
+            t = max(t, engine_t[i])  # idle engine: jump to the next arrival
+        while i < n and engine_t[i] <= t:
             tr = trace[i]
-            i += 1
             try:
-                req = make_engine_request(tr, tr.arrival_s + lat_in)
+                req = make_engine_request(tr, engine_t[i])
             except ValueError as e:  # the API server answers 400 and never enqueues it
-                records.append(_record(tr, [], lat_out, status=400, error=str(e)))
+                i += 1
+                records.append(_record(tr, [], 0.0, status=400, error=str(e)))
                 num_done += 1
                 continue
+            i += 1
             token_times[tr.request_id] = []
             sched.add_request(req)
 
@@ -129,7 +140,7 @@ def run_loop(
             idle_steps += 1
             if idle_steps > 2:
                 if i < n:
-                    t = max(t, trace[i].arrival_s + lat_in)
+                    t = max(t, engine_t[i])
                 else:
                     stuck = [r.request_id for r in engine_requests.values() if not r.is_finished()]
                     raise SimulationStuck(
@@ -150,7 +161,7 @@ def run_loop(
                     times.append(t)
                 if o.finish_reason is not None:
                     tr = by_id[o.request_id]
-                    records.append(_record(tr, token_times.pop(o.request_id), lat_out))
+                    records.append(_record(tr, token_times.pop(o.request_id), lat_out[tr.request_id]))
                     num_done += 1
         if so.preempted_req_ids:  # the ids preempted by this schedule() call
             num_preemptions += len(so.preempted_req_ids)
@@ -165,7 +176,7 @@ def run_loop(
 
     # Requests a policy plugin finished without output (e.g. aborted by an admission policy).
     for rid, times in token_times.items():
-        records.append(_record(by_id[rid], times, lat_out, status=200 if times else 0, error="aborted by scheduler"))
+        records.append(_record(by_id[rid], times, lat_out[rid], status=200 if times else 0, error="aborted by scheduler"))
     if on_progress is not None:
         on_progress(num_done, n)
     records.sort(key=lambda rec: (rec.scheduled_send_s, rec.request_id))

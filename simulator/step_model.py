@@ -203,6 +203,10 @@ class LinearModel:
     name: str = "linear"
     request_latency_in_s: float = 0.0
     request_latency_out_s: float = 0.0
+    # Empirical front-end latency distributions (evenly spaced quantiles, seconds) measured during
+    # calibration; when present, each simulated request draws its own latencies from them.
+    latency_in_quantiles: list[float] = field(default_factory=list)
+    latency_out_quantiles: list[float] = field(default_factory=list)
     num_gpu_blocks: int | None = None  # KV blocks of the calibrated server, if known
     block_size: int = 16
     meta: dict[str, Any] = field(default_factory=dict)  # where/how it was measured, fit quality
@@ -249,6 +253,22 @@ class LinearModel:
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def request_latencies(model: StepTimeModel, n: int, seed: int):
+    """Per-request (in, out) front-end latencies: drawn (seeded) from the model's empirical
+    quantiles when it has them, else its constants."""
+    import numpy as np
+
+    out = []
+    rng = np.random.default_rng([seed, 7])
+    for const, q in ((model.request_latency_in_s, getattr(model, "latency_in_quantiles", None)),
+                     (model.request_latency_out_s, getattr(model, "latency_out_quantiles", None))):  # fmt: skip
+        if q:
+            out.append(np.interp(rng.random(n), np.linspace(0, 1, len(q)), q))
+        else:
+            out.append(np.full(n, float(const)))
+    return out[0], out[1]
 
 
 def load_step_model(spec: "str | dict[str, Any] | StepTimeModel") -> StepTimeModel:
