@@ -24,11 +24,17 @@ def summarize_sim(loop: "LoopResult", ts: pd.DataFrame) -> dict[str, float]:
 
 
 def server_summary(loop: "LoopResult", ts: pd.DataFrame) -> dict[str, float]:
+    """The names of ``workloads.server_metrics.server_summary`` (the real server's /metrics)."""
+    ok = [r for r in loop.records if r.ok]
+    q, h = loop.prefix_cache_queries, loop.prefix_cache_hits
     out = {
         "server_num_preemptions": float(loop.num_preemptions),
-        "server_prefix_cache_hit_rate": loop.prefix_cache_hits / loop.prefix_cache_queries
-        if loop.prefix_cache_queries
-        else 0.0,
+        "server_prefix_cache_hits": float(h),
+        "server_prefix_cache_queries": float(q),
+        "server_prefix_cache_hit_rate": h / q if q else float("nan"),
+        "server_prompt_tokens": float(sum(r.prompt_tokens for r in ok)),
+        "server_generation_tokens": float(sum(r.output_tokens for r in ok)),
+        "server_num_requests_success": float(len(ok)),
         "server_num_steps": float(loop.num_steps),
     }
     if len(ts):
