@@ -1,0 +1,166 @@
+"""``python -m orchestrator +experiment=sjf_vs_fcfs``, shrunk by overrides, on real CPU vLLM servers.
+
+One run (3 server starts: fcfs, sjf, and a cell whose engine args make vLLM fail at start-up) is
+checked through ``mlflow.MlflowClient``; re-running it resumes (no server starts); a SIGINT while a
+server is up leaves no server process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator.server import group_pids
+
+pytestmark = pytest.mark.server
+REPO = Path(__file__).resolve().parents[1]
+
+SHRINK = ["grid.workload=[synthetic_poisson]", "grid.seed=[0]", "workload.num_requests=10", "workload.rate=20",
+          "workload.max_output_len=32", "backend.warmup_requests=1", "progress=false"]  # fmt: skip
+CRASH_CELLS = "cells=[{policy:fcfs},{policy:sjf},{policy:sjf,model:{max_num_seqs:-1}}]"
+GOOD_CELLS = "cells=[{policy:fcfs},{policy:sjf}]"
+
+
+def orchestrate(results: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "orchestrator", "+experiment=sjf_vs_fcfs", f"results_dir={results}", *SHRINK,
+           *overrides]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    t0 = time.monotonic()
+    proc = orchestrate(results, CRASH_CELLS)
+    return results, proc, time.monotonic() - t0
+
+
+def _client(results: Path) -> tuple[MlflowClient, str]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    return client, client.get_experiment_by_name("sjf_vs_fcfs").experiment_id
+
+
+def _cell_runs(client, exp_id):
+    return client.search_runs([exp_id], filter_string="tags.`schedlab.role` = 'cell'")
+
+
+def test_grid_records_finished_and_failed_cells(grid_run):
+    results, proc, wall = grid_run
+    print(proc.stdout[-3000:], proc.stderr[-3000:], f"wall {wall:.0f} s", sep="\n")
+    assert proc.returncode == 1, "exit code 1: the grid ran, one cell failed"
+    client, exp_id = _client(results)
+    runs = _cell_runs(client, exp_id)
+    by_status = {}
+    for r in runs:
+        by_status.setdefault(r.info.status, []).append(r)
+    assert len(by_status.get("FINISHED", [])) == 2 and len(by_status.get("FAILED", [])) == 1
+
+    failed = by_status["FAILED"][0]
+    assert failed.data.params["cfg.model.max_num_seqs"] == "-1"
+    assert "server" in failed.data.tags["schedlab.error"]
+    failed_artifacts = [a.path for a in client.list_artifacts(failed.info.run_id)]
+    assert "server.log" in failed_artifacts
+
+    parent_id = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parent_id) == 1
+    parent = client.get_run(parent_id.pop())
+    assert parent.data.tags["schedlab.role"] == "parent" and parent.info.status == "FINISHED"
+    assert {"comparison.csv", "comparison.png", "ttft_cdf.png", "latency_percentiles.png",
+            "kv_usage_queue_length.png", "cells.csv"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+    for r in by_status["FINISHED"]:
+        p, m = r.data.params, r.data.metrics
+        assert p["policy"] in ("fcfs", "sjf") and p["workload"] == "synthetic_poisson" and p["seed"] == "0"
+        assert p["model"] == "tiny" and p["allocator"] == "default" and p["vllm_version"].startswith("0.32")
+        assert p["cfg.workload.num_requests"] == "10"
+        assert m["num_completed"] == 10 and m["num_failed"] == 0
+        for k in ("ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "e2e_ms_p99", "output_token_throughput",
+                  "server_num_preemptions", "server_kv_cache_usage_max", "cell_wall_s"):
+            assert k in m, k
+        assert m["ttft_ms_p50"] > 0 and m["e2e_ms_p99"] >= m["e2e_ms_p50"]
+        assert len(client.get_metric_history(r.info.run_id, "timeseries/kv_cache_usage")) >= 2
+        assert len(client.get_metric_history(r.info.run_id, "timeseries/num_waiting")) >= 2
+        arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"requests.parquet", "server.log", "config.yaml", "timeseries.parquet", "plots"} <= arts
+        local = client.download_artifacts(r.info.run_id, "requests.parquet", str(results / "dl"))
+        df = pd.read_parquet(local)
+        assert len(df[~df.warmup]) == 10 and df[~df.warmup].ok.all()
+        assert (df[~df.warmup].output_tokens == df[~df.warmup].requested_output_tokens).all()
+
+
+def test_comparison_outputs_on_disk(grid_run):
+    results, proc, _ = grid_run
+    table = pd.read_csv(results / "sjf_vs_fcfs" / "comparison.csv")
+    assert list(table["policy"]) == ["fcfs", "sjf"]
+    assert table.loc[table.policy == "fcfs", "ttft_ms_p50_delta_pct"].iloc[0] == 0
+    assert (results / "sjf_vs_fcfs" / "comparison.png").stat().st_size > 1000
+    assert "ttft_ms_p99" in proc.stdout and "fcfs" in proc.stdout and "sjf" in proc.stdout
+
+
+def test_rerun_resumes_without_starting_servers(grid_run):
+    results, _, first_wall = grid_run
+    client, exp_id = _client(results)
+    before = len(_cell_runs(client, exp_id))
+    t0 = time.monotonic()
+    proc = orchestrate(results, GOOD_CELLS)
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 to run, 2 already FINISHED" in proc.stdout
+    assert len(_cell_runs(client, exp_id)) == before
+    assert wall < first_wall / 2, (wall, first_wall)
+    assert pd.read_csv(results / "sjf_vs_fcfs" / "comparison.csv").shape[0] == 2
+
+
+def _server_pids(marker: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmd and "vllm" in cmd:
+                pids.append(int(entry))
+    return pids
+
+
+def test_sigint_stops_all_servers(tmp_path):
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "orchestrator", "+experiment=sjf_vs_fcfs", f"results_dir={results}", *SHRINK,
+           "grid.policy=[fcfs]", "workload.num_requests=400", "workload.rate=4", "experiment_name=sigint"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    marker = str(results / "models")  # the server's --model path: unique to this test
+    try:
+        deadline = time.monotonic() + 240
+        log = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            logs = list(results.glob("sigint/cells/*/server.log"))
+            if logs and "Application startup complete" in logs[0].read_text(errors="replace"):
+                log = logs[0]
+                break
+            time.sleep(1)
+        assert log is not None, "server never came up"
+        time.sleep(3)  # mid-replay
+        servers = _server_pids(marker)
+        assert servers, "expected a running vLLM server"
+        pgid = os.getpgid(servers[0])
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
+    assert _server_pids(marker) == [] and group_pids(pgid) == []
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sigint")
+    statuses = {r.info.status for r in client.search_runs([exp.experiment_id])}
+    assert statuses == {"KILLED"}
