@@ -36,6 +36,7 @@ def make_app(model: str = MODEL, ttft_ms: float = 0.0, itl_ms: float = 0.0) -> w
             return web.json_response({"error": {"message": "need prompt and max_tokens >= 1"}}, status=400)
         bodies.append({k: v for k, v in body.items() if k != "prompt"})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp.enable_chunked_encoding()  # as vLLM's uvicorn does; else every response closes its connection
         await resp.prepare(request)
         head = {"id": "cmpl-0", "object": "text_completion", "model": model}
         for i in range(n):

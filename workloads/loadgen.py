@@ -11,6 +11,7 @@ Errors and timeouts become records with ``error`` set; they never stop the run.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from dataclasses import dataclass, replace
@@ -55,6 +56,20 @@ def request_body(model: str, r: Request) -> dict[str, Any]:
     return body
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
+def _encode_bodies(model: str, reqs: Sequence[Request]) -> list[bytes | str]:
+    """JSON bodies built before the clock starts (a long prompt takes ~1 ms to encode); str = error."""
+    out: list[bytes | str] = []
+    for r in reqs:
+        try:
+            out.append(json.dumps(request_body(model, r), separators=(",", ":")).encode())
+        except ValueError as e:
+            out.append(str(e))
+    return out
+
+
 class _Run:
     """One load-generation run: shared session, run clock ``t0``, progress counters."""
 
@@ -70,35 +85,32 @@ class _Run:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    async def send(self, r: Request, scheduled_s: float, *, warmup: bool = False,
+    async def send(self, r: Request, body: bytes | str, scheduled_s: float, *, warmup: bool = False,
                    sem: asyncio.Semaphore | None = None) -> RequestRecord:
         rec = RequestRecord(
             request_id=r.request_id, tenant=r.tenant, priority=r.priority, deadline_s=r.deadline_s,
             scheduled_send_s=scheduled_s, requested_output_tokens=r.output_len, prompt_tokens=r.prompt_len,
             warmup=warmup,
         )
-        if sem is not None:
+        if isinstance(body, str):  # the body could not be built: record why, send nothing
+            rec.error = body
+        elif sem is not None:
             async with sem:
-                await self._send(r, rec)
+                await self._send(body, rec)
         else:
-            await self._send(r, rec)
+            await self._send(body, rec)
         if not warmup:
             self.done += 1
             if self.on_progress is not None:
                 self.on_progress(self.done, self.total, self.in_flight)
         return rec
 
-    async def _send(self, r: Request, rec: RequestRecord) -> None:
-        try:
-            body = request_body(self.model, r)
-        except ValueError as e:
-            rec.error = str(e)
-            return
+    async def _send(self, body: bytes, rec: RequestRecord) -> None:
         self.in_flight += 1
         start = time.perf_counter()
         rec.actual_send_s = start - self.t0
         try:
-            async with self.session.post(self.url, json=body, timeout=self.timeout) as resp:
+            async with self.session.post(self.url, data=body, headers=_JSON, timeout=self.timeout) as resp:
                 rec.status = resp.status
                 if resp.status != 200:
                     rec.error = f"HTTP {resp.status}: {(await resp.text())[:500]}"
@@ -201,39 +213,48 @@ async def run_load(
         run = _Run(session, base_url.rstrip("/") + "/v1/completions", model, request_timeout_s,
                    on_progress, len(reqs))
         sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        warm_reqs = [_warmup_copy(r, i) for i, r in enumerate(reqs[:warmup])]
         warm = await asyncio.gather(
-            *(run.send(_warmup_copy(r, i), 0.0, warmup=True, sem=sem) for i, r in enumerate(reqs[:warmup]))
+            *(run.send(r, b, 0.0, warmup=True, sem=sem) for r, b in zip(warm_reqs, _encode_bodies(model, warm_reqs)))
         )
+        bodies = _encode_bodies(model, reqs)
         if on_measure_start is not None:
             res = on_measure_start()
             if asyncio.iscoroutine(res):
                 await res
         if on_progress is not None:
             on_progress(0, len(reqs), 0)
+        # A materialized trace holds millions of token ids in lists; a full GC pass over them would
+        # stall the event loop for tens of ms mid-run. Freeze what exists now out of the collector.
+        gc.collect()
+        gc.freeze()
         run.t0 = time.perf_counter()
         if closed_loop_users:
-            records = await _closed_loop(run, reqs, closed_loop_users)
+            records = await _closed_loop(run, reqs, bodies, closed_loop_users)
         else:
-            records = await _open_loop(run, reqs, sem)
+            records = await _open_loop(run, reqs, bodies, sem)
         return list(warm) + records
     finally:
+        gc.unfreeze()
         if own:
             await session.close()
 
 
-async def _open_loop(run: _Run, reqs: list[Request], sem: asyncio.Semaphore | None) -> list[RequestRecord]:
+async def _open_loop(
+    run: _Run, reqs: list[Request], bodies: list[bytes | str], sem: asyncio.Semaphore | None
+) -> list[RequestRecord]:
     base = reqs[0].arrival_s if reqs else 0.0
     tasks = []
-    for r in reqs:
+    for r, body in zip(reqs, bodies):
         scheduled = r.arrival_s - base
         # uvloop timers have millisecond resolution and may fire early: re-check, never send early
         while (delay := scheduled - run.now()) > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(run.send(r, scheduled, sem=sem)))
+        tasks.append(asyncio.create_task(run.send(r, body, scheduled, sem=sem)))
     return list(await asyncio.gather(*tasks))
 
 
-async def _closed_loop(run: _Run, reqs: list[Request], users: int) -> list[RequestRecord]:
+async def _closed_loop(run: _Run, reqs: list[Request], bodies: list[bytes | str], users: int) -> list[RequestRecord]:
     out: list[RequestRecord | None] = [None] * len(reqs)
     next_i = 0
 
@@ -242,7 +263,7 @@ async def _closed_loop(run: _Run, reqs: list[Request], users: int) -> list[Reque
         while next_i < len(reqs):
             i = next_i
             next_i += 1
-            out[i] = await run.send(reqs[i], run.now())  # no schedule: due as soon as the user is free
+            out[i] = await run.send(reqs[i], bodies[i], run.now())  # due as soon as the user is free
 
     await asyncio.gather(*(user() for _ in range(users)))
     return out  # type: ignore[return-value]
