@@ -94,3 +94,12 @@ def test_errors_and_timeouts_are_records():
     refused = replay("http://127.0.0.1:9", "instant", reqs[:2])  # nothing listens on port 9
     assert all(r.status == 0 and r.error.startswith("ClientConnectorError") for r in refused)
     assert summarize(refused)["num_failed"] == 2
+
+
+def test_multi_token_chunks_keep_one_gap_per_token():
+    reqs = _trace(5, rate=float("inf"), out=7)
+    with InstantServer(itl_ms=5, chunk_tokens=3) as srv:  # chunks of 3, 3, 1 tokens
+        recs = replay(srv.url, "instant", reqs)
+    for r in recs:
+        assert r.ok and r.output_tokens == 7 and len(r.itl_s) == 6
+        assert r.itl_s[0] == r.itl_s[1] == 0.0 and r.itl_s[2] >= 0.004 and r.itl_s[3] == r.itl_s[4] == 0.0

@@ -22,7 +22,8 @@ from aiohttp import web
 MODEL = "instant"
 
 
-def make_app(model: str = MODEL, ttft_ms: float = 0.0, itl_ms: float = 0.0) -> web.Application:
+def make_app(model: str = MODEL, ttft_ms: float = 0.0, itl_ms: float = 0.0, chunk_tokens: int = 1) -> web.Application:
+    """``chunk_tokens`` > 1 sends several tokens per SSE chunk, as vLLM does when its client lags."""
     arrivals: list[float] = []
     bodies: list[dict] = []
 
@@ -39,11 +40,13 @@ def make_app(model: str = MODEL, ttft_ms: float = 0.0, itl_ms: float = 0.0) -> w
         resp.enable_chunked_encoding()  # as vLLM's uvicorn does; else every response closes its connection
         await resp.prepare(request)
         head = {"id": "cmpl-0", "object": "text_completion", "model": model}
-        for i in range(n):
+        for i in range(0, n, chunk_tokens):
             delay = ttft_ms if i == 0 else itl_ms
             if delay:
                 await asyncio.sleep(delay / 1e3)
-            choice = {"index": 0, "text": " x", "token_ids": [5], "finish_reason": "length" if i == n - 1 else None}
+            k = min(chunk_tokens, n - i)
+            choice = {"index": 0, "text": " x" * k, "token_ids": [5] * k,
+                      "finish_reason": "length" if i + k == n else None}
             await resp.write(b"data: " + json.dumps({**head, "choices": [choice]}).encode() + b"\n\n")
         plen = len(prompt) if isinstance(prompt, list) else len(prompt.split())
         usage = {"prompt_tokens": plen, "completion_tokens": n, "total_tokens": plen + n}

@@ -93,7 +93,7 @@ class _Run:
             warmup=warmup,
         )
         if isinstance(body, str):  # the body could not be built: record why, send nothing
-            rec.error = body
+            rec.error, rec.actual_send_s = body, self.now()
         elif sem is not None:
             async with sem:
                 await self._send(body, rec)
@@ -138,26 +138,22 @@ class _Run:
                 data = line[5:].strip()
                 if data == b"[DONE]":
                     continue
-                obj = json.loads(data)
-                if "error" in obj:
-                    rec.error = f"stream error: {obj['error']}"
+                n, chunk_usage, error = _parse_chunk(data)
+                if error is not None:
+                    rec.error = f"stream error: {error}"
                     return
-                if obj.get("usage"):
-                    usage = obj["usage"]
-                for choice in obj.get("choices") or ():
-                    ids = choice.get("token_ids")
-                    n = len(ids) if ids is not None else (1 if choice.get("text") else 0)
-                    if n == 0:
-                        continue
-                    now = time.perf_counter()
-                    if first is None:
-                        first = now
-                        rec.ttft_s = now - start
-                    else:
-                        rec.itl_s.append(now - last)
-                    rec.itl_s.extend([0.0] * (n - 1))  # tokens delivered together in one chunk
-                    last = now
-                    streamed += n
+                usage = chunk_usage or usage
+                if n == 0:
+                    continue
+                now = time.perf_counter()
+                if first is None:
+                    first = now
+                    rec.ttft_s = now - start
+                else:
+                    rec.itl_s.append(now - last)
+                rec.itl_s.extend([0.0] * (n - 1))  # tokens delivered together in one chunk
+                last = now
+                streamed += n
         rec.e2e_s = time.perf_counter() - start
         if usage:
             rec.prompt_tokens = int(usage.get("prompt_tokens", rec.prompt_tokens))
@@ -166,6 +162,29 @@ class _Run:
             rec.output_tokens = streamed
         if first is None and rec.output_tokens > 0:
             rec.error = "stream ended without any token chunk"
+
+
+_TOKEN_IDS = b'"token_ids":['
+
+
+def _parse_chunk(data: bytes) -> tuple[int, dict | None, Any]:
+    """(tokens in this SSE chunk, usage or None, error or None).
+
+    Token chunks are counted without a JSON parse: the first one echoes the whole prompt's token
+    ids, and decoding that for a 100k-token prompt would stall the event loop for milliseconds.
+    """
+    i = data.find(_TOKEN_IDS)
+    if i >= 0 and b'"usage":{' not in data:
+        j = data.find(b"]", i)
+        return (0 if j == i + len(_TOKEN_IDS) else data.count(b",", i, j) + 1), None, None
+    obj = json.loads(data)
+    if "error" in obj:
+        return 0, None, obj["error"]
+    n = 0
+    for choice in obj.get("choices") or ():
+        ids = choice.get("token_ids")
+        n += len(ids) if ids is not None else (1 if choice.get("text") else 0)  # servers without token ids
+    return n, obj.get("usage"), None
 
 
 def _warmup_copy(r: Request, i: int) -> Request:
