@@ -88,12 +88,21 @@ def read_step_log(path: str | Path) -> tuple[dict[str, Any], list[dict], list[di
     return config, adds, steps
 
 
-def step_cycles(steps: list[dict]) -> tuple[list[BatchShape], list[float]]:
-    """(shape, seconds) of every step that the next step followed at once (``busy``): its cycle
-    runs from its schedule() to the next schedule() and includes all engine-loop overhead."""
+def step_cycles(steps: list[dict], t_end: float = float("inf")) -> tuple[list[BatchShape], list[float]]:
+    """(shape, seconds) of every step before ``t_end`` that the next step followed at once
+    (``busy``): its cycle runs from its schedule() to the next schedule() and includes all
+    engine-loop overhead. Cycles whose gap after update_from_output() is far beyond the usual
+    (the engine was blocked or idle, e.g. behind steps that scheduled nothing) are dropped."""
+    import numpy as np
+
+    pairs = [(a, b) for a, b in zip(steps, steps[1:]) if a["busy"] and b["t0"] < t_end]
+    if not pairs:
+        return [], []
+    gaps = np.array([b["t0"] - a["t3"] for a, b in pairs])
+    limit = 10 * float(np.median(gaps)) + 1e-3
     shapes, times = [], []
-    for a, b in zip(steps, steps[1:]):
-        if a["busy"]:
+    for (a, b), gap in zip(pairs, gaps):
+        if gap <= limit:
             shapes.append(BatchShape(a["prefill"], a["decode"], a["num_reqs"], a["sum_context"], a["prefill_attn"]))
             times.append(b["t0"] - a["t0"])
     return shapes, times
@@ -128,9 +137,11 @@ def request_latencies(runs: Sequence[RealRun], adds: list[dict], steps: list[dic
     return lat_in, lat_out
 
 
-def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, meta: dict | None = None) -> LinearModel:
+def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, meta: dict | None = None,
+                t_end: float = float("inf")) -> LinearModel:
+    """Fit on the steps logged before ``t_end`` (the sweep; later steps belong to other workloads)."""
     config, adds, steps = read_step_log(step_log)
-    shapes, times = step_cycles(steps)
+    shapes, times = step_cycles(steps, t_end)
     # Latencies from requests sent one at a time or at a Poisson rate: in bursts of 32 simultaneous
     # requests the API server's own queueing would inflate them.
     lat_in, lat_out = request_latencies([r for r in runs if len(r.requests) == 1 or r.requests[-1].arrival_s > 0],
@@ -182,11 +193,12 @@ def calibrate(
     args += list(server_args)
     with VLLMServer(model_dir, extra_args=args, env={ENV_VAR: str(log)}) as server:
         sweep_runs = [replay(server.url, server.model_name, p) for p in phases]
+        sweep_end = time.perf_counter()
         extra_runs = [replay(server.url, server.model_name, w) for w in extra_workloads]
         time.sleep(0.5)  # the step log is flushed when the engine goes idle
     meta = {"model_dir": str(model_dir), "server_args": list(server_args), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "num_requests": sum(len(p) for p in phases)}  # fmt: skip
-    return Calibration(fit_profile(sweep_runs, log, name=name, meta=meta), extra_runs, log)
+    return Calibration(fit_profile(sweep_runs, log, name=name, meta=meta, t_end=sweep_end), extra_runs, log)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,12 +6,15 @@ workload.
 
 Tolerances: on a 2-core machine the load generator, the API server and the engine core share the
 cores, so client-side latencies of the *real* server vary run to run (measured: TTFT p50 of the
-same workload 56 ms in one run, 136 ms in another, with other jobs running). Engine-bound metrics
-(throughput, TPOT) are asserted within 25%; TTFT, which the front-end dominates here, within 2x;
-the benchmark ``benchmarks/sim_fidelity.py`` prints the actual errors.
+same workload 25 ms, 56 ms and 136 ms in three runs, with other jobs running). Each metric is
+asserted within 25% or within twice the real server's own run-to-run difference on the same
+workload (measured in the test), whichever is larger; ``benchmarks/sim_fidelity.py`` prints the
+actual errors.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -22,13 +25,11 @@ pytestmark = pytest.mark.server
 
 
 def policy_workload() -> list[Request]:
-    """Short and long prompts interleaved, arriving faster than the 40-block KV cache drains."""
-    import numpy as np
-
-    rng = np.random.default_rng(11)
-    t = np.cumsum(rng.exponential(1 / 100.0, 48))
-    return [Request(f"pol-{i}", float(t[i]), int(rng.integers(16, 48)) if i % 2 else int(rng.integers(600, 900)), 32)
-            for i in range(48)]  # fmt: skip
+    """8 long requests fill the 40-block KV cache, then short and long prompts queue up behind
+    them (FCFS: shorts wait behind a long head-of-line request; SJF: shorts go first)."""
+    first = [Request(f"pol-fill-{i}", 0.005 * i, 700, 150) for i in range(8)]
+    rest = [Request(f"pol-{i}", 0.05 + 0.01 * i, 32 if i % 2 else 700, 32) for i in range(32)]
+    return first + rest
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,15 @@ def real(tmp_path_factory):
 
     model_dir = write_model_dir("tiny", tmp_path_factory.mktemp("models"))
     heldout, pol = heldout_workload(), policy_workload()
-    cal = calibrate(model_dir, name="test", server_args=SERVER_ARGS, extra_workloads=[heldout, pol])
+    # The held-out workload twice (fresh prompts: no prefix-cache hits across the two) measures how
+    # far the real server is from itself; the sim is held to that, or 25%, whichever is larger.
+    again = [dataclasses.replace(r, request_id="again-" + r.request_id) for r in heldout]
+    cal = calibrate(model_dir, name="test", server_args=SERVER_ARGS, extra_workloads=[heldout, pol, again])
     materialize(pol, model_dir)
     with VLLMServer(model_dir, extra_args=[*policies.vllm_args("sjf"), *SERVER_ARGS]) as server:
         sjf_run = replay(server.url, server.model_name, pol)
-    return dict(model_dir=model_dir, cal=cal, heldout=heldout, pol=pol, fcfs_run=cal.runs[1], sjf_run=sjf_run)
+    return dict(model_dir=model_dir, cal=cal, heldout=heldout, pol=pol, fcfs_run=cal.runs[1], sjf_run=sjf_run,
+                again_run=cal.runs[2])
 
 
 def test_calibrated_sim_matches_real_server_on_heldout_workload(real):
@@ -55,14 +60,13 @@ def test_calibrated_sim_matches_real_server_on_heldout_workload(real):
     cal = real["cal"]
     assert cal.profile.meta["num_steps"] > 100 and cal.profile.c0 > 0
     real_m = real_summary(cal.runs[0], cal.step_log)
+    real_again = real_summary(real["again_run"], cal.step_log)
     sim = simulate(real["heldout"], model_dir=real["model_dir"], step_model=cal.profile, **sim_kwargs(cal.profile))
-    cmp = Comparison(real_m, sim.summary)
-    print("\n" + cmp.table())
+    cmp, self_cmp = Comparison(real_m, sim.summary), Comparison(real_m, real_again)
+    print("\nsim vs real\n" + cmp.table() + "\nreal vs real (same workload, fresh prompts)\n" + self_cmp.table())
     assert real_m["num_completed"] == sim.summary["num_completed"] == len(real["heldout"])
-    assert cmp.rel_err("output_token_throughput") < 0.25
-    assert cmp.rel_err("tpot_ms_p50") < 0.25
-    for m in ("ttft_ms_p50", "ttft_ms_p90"):
-        assert 0.5 < sim.summary[m] / real_m[m] < 2.0, m
+    for m in ("output_token_throughput", "tpot_ms_p50", "ttft_ms_p50", "ttft_ms_p90"):
+        assert cmp.rel_err(m) <= max(0.25, 2 * self_cmp.rel_err(m)), m
 
 
 def _short_ttft(records, short: set[str]) -> float:
