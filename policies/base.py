@@ -118,10 +118,14 @@ class BlockAllocator:
     cached hashes and sets ``ref_cnt = 1``. Free blocks with a hash are cached-but-free: taking one
     evicts it from the prefix cache. Block 0 (the null block) is never in the free queue.
     ``on_free(blocks)`` sees blocks whose ``ref_cnt`` just dropped to 0 (already back in the queue).
-    ``admit(request)`` can keep a waiting request out this step (e.g. a per-tenant quota).
+    ``admit(request)`` can keep a waiting request out this step (e.g. a per-tenant quota). With
+    ``admits_by_tenant = True`` a refusal keeps the request's whole tenant out for the rest of the
+    step (its later requests are not asked): FIFO within a tenant, and a step stays cheap when many
+    requests wait (see ``policies.queue.TenantQueue``).
     """
 
     name: ClassVar[str] = ""
+    admits_by_tenant: ClassVar[bool] = False
 
     def bind(self, pool: BlockPool, scheduler: Scheduler) -> None:
         self.pool = pool

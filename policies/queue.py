@@ -1,7 +1,11 @@
-"""A vLLM ``RequestQueue`` ordered by a policy's ``waiting_key`` (a heap, O(log n) add/pop).
+"""vLLM ``RequestQueue``s for the waiting queue.
 
-Ties go to the earlier arrival, then to insertion order. vLLM "prepends" preempted and skipped
-requests; in an ordered queue that is just a re-insert (as in vLLM's own PriorityRequestQueue).
+``KeyedRequestQueue``: ordered by a policy's ``waiting_key`` (a heap, O(log n) add/pop). Ties go to
+the earlier arrival, then to insertion order. vLLM "prepends" preempted and skipped requests; in an
+ordered queue that is just a re-insert (as in vLLM's own PriorityRequestQueue).
+
+``TenantQueue``: the same order (or vLLM's FCFS), split per tenant so that a tenant refused by the
+allocator can be closed for the rest of a step.
 """
 
 from __future__ import annotations
@@ -57,3 +61,85 @@ class KeyedRequestQueue(RequestQueue):
 
     def __iter__(self) -> Iterator[Request]:
         return (e[3] for e in sorted(self._heap))
+
+
+
+class TenantQueue(RequestQueue):
+    """A waiting queue split per tenant, so that a tenant can be closed for the rest of a step.
+
+    Used for ``self.waiting`` when the allocator admits per tenant (``BlockAllocator.admits_by_tenant``):
+    once a tenant's request is refused, ``close(tenant)`` hides all its requests from the walk
+    vLLM's ``schedule()`` does over the waiting queue, so the walk never passes over them (a step
+    costs O(tenants) per admission, not O(waiting)). ``end_step`` re-opens every tenant.
+
+    Order over the open tenants is exactly the single queue's: each tenant's requests are a heap
+    ranked by ``(key(request), arrival_time, seq)`` when the policy has a ``waiting_key``
+    (as KeyedRequestQueue), else by ``seq`` (vLLM's FCFS deque: added at the back, prepended at the
+    front), and the next request is the best head over the open tenants.
+    """
+
+    def __init__(self, tenant_of: Callable[[Request], str], key: Callable[[Request], Any] | None = None) -> None:
+        self._tenant_of = tenant_of
+        self._key = key
+        self._heaps: dict[str, list[tuple[tuple, Request]]] = {}
+        self._closed: set[str] = set()
+        self._seq = itertools.count(1)
+        self._peeked: list | None = None
+
+    def _push(self, request: Request, front: bool) -> None:
+        n = next(self._seq)
+        rank = (-n if front else n,) if self._key is None else (self._key(request), request.arrival_time, n)
+        heapq.heappush(self._heaps.setdefault(self._tenant_of(request), []), (rank, request))
+
+    def _next_heap(self) -> list:
+        heads = [h for t, h in self._heaps.items() if h and t not in self._closed]
+        if not heads:
+            raise IndexError("peek from an empty queue (or every waiting tenant is closed)")
+        return min(heads, key=lambda h: h[0][0])
+
+    def close(self, tenant: str) -> None:
+        """Hide ``tenant``'s requests until ``end_step``."""
+        self._closed.add(tenant)
+
+    def end_step(self) -> None:
+        self._closed.clear()
+
+    def add_request(self, request: Request) -> None:
+        self._push(request, front=False)
+
+    def prepend_request(self, request: Request) -> None:
+        self._push(request, front=True)
+
+    def prepend_requests(self, requests: Iterable[Request]) -> None:
+        for request in requests:  # each one in front of the previous: vLLM's extendleft order
+            self._push(request, front=True)
+
+    def peek_request(self) -> Request:
+        self._peeked = self._next_heap()
+        return self._peeked[0][1]
+
+    def pop_request(self) -> Request:
+        # vLLM pops the request it just peeked, also when refusing it has closed its tenant
+        heap = self._peeked or self._next_heap()
+        self._peeked = None
+        return heapq.heappop(heap)[1]
+
+    def remove_request(self, request: Request) -> None:
+        self.remove_requests((request,))
+
+    def remove_requests(self, requests: Iterable[Request]) -> None:
+        gone = requests if isinstance(requests, set) else set(requests)
+        for t, heap in self._heaps.items():
+            self._heaps[t] = [e for e in heap if e[1] not in gone]
+            heapq.heapify(self._heaps[t])
+        self._peeked = None
+
+    def __bool__(self) -> bool:
+        """False when every tenant with waiting requests is closed: that ends vLLM's walk."""
+        return any(h for t, h in self._heaps.items() if t not in self._closed)
+
+    def __len__(self) -> int:
+        return sum(map(len, self._heaps.values()))  # closed tenants too (stats, has_requests)
+
+    def __iter__(self) -> Iterator[Request]:
+        return (e[1] for e in sorted(e for h in self._heaps.values() for e in h))

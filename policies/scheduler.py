@@ -7,7 +7,10 @@ from ``vllm_config.additional_config["schedlab"]`` (see ``policies.schedlab_conf
 vLLM's ``schedule()`` is not copied; four small hooks:
 - waiting order: ``self.waiting`` / ``self.kv_holding_waiting`` become queues ordered by the policy;
 - admission: ``_handle_blocked_waiting_request`` (vLLM's per-request "skip this step" hook) also
-  asks ``policy.admit`` and ``allocator.admit``;
+  asks ``policy.admit`` and ``allocator.admit``. For an allocator that ``admits_by_tenant``,
+  ``self.waiting`` is a ``TenantQueue`` (one heap per tenant, same order): a refusal closes the
+  request's tenant, whose other requests vLLM then no longer walks over this step (policies with
+  their own ``make_queue`` keep it, and per-request admission);
 - preemption victim: before each step ``self.running`` is stably sorted by ``policy.preemption_key``.
   vLLM's FCFS path preempts ``self.running.pop()`` — now the largest key — through
   ``_preempt_request`` (metrics, ``num_preemptions``), and since the largest key is last it is never
@@ -31,9 +34,10 @@ from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request
 
+from policies.base import tenant
 from policies.block_pool import install_allocator
 from policies.invariants import check_block_pool, owned_blocks
-from policies.queue import KeyedRequestQueue
+from policies.queue import KeyedRequestQueue, TenantQueue
 from policies.registry import load_allocator, load_policy
 
 logger = init_logger("vllm.schedlab")
@@ -83,6 +87,8 @@ class PolicyScheduler(Scheduler):
             self.waiting = KeyedRequestQueue(policy.waiting_key)
             self.kv_holding_waiting = KeyedRequestQueue(policy.waiting_key)
         # else: keep vLLM's own FCFS deques
+        if self.schedlab_allocator.admits_by_tenant and queue is None:  # a refused tenant sits out the step
+            self.waiting = TenantQueue(tenant, policy.waiting_key if policy.orders_waiting else None)
         self._sort_running = self.schedlab_policy.orders_victims
 
         install_allocator(self.kv_cache_manager.block_pool, self.schedlab_allocator, self)
@@ -97,7 +103,11 @@ class PolicyScheduler(Scheduler):
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         if self._sort_running and len(self.running) > 1:
             self.running.sort(key=self.schedlab_policy.preemption_key)
-        output = super().schedule(*args, **kwargs)
+        try:
+            output = super().schedule(*args, **kwargs)
+        finally:
+            if isinstance(self.waiting, TenantQueue):
+                self.waiting.end_step()
         self.schedlab_policy.on_schedule(output)
         if self.schedlab_config.check_invariants:
             self.check_invariants("after schedule()")
@@ -112,7 +122,13 @@ class PolicyScheduler(Scheduler):
     def _handle_blocked_waiting_request(self, request: Request) -> bool:
         if not super()._handle_blocked_waiting_request(request):
             return False
-        return self.schedlab_policy.admit(request) and self.schedlab_allocator.admit(request)
+        if not self.schedlab_policy.admit(request):
+            return False
+        if not self.schedlab_allocator.admit(request):
+            if isinstance(self.waiting, TenantQueue):
+                self.waiting.close(tenant(request))
+            return False
+        return True
 
     def check_invariants(self, where: str = "") -> None:
         """Raise AllocatorInvariantError if the BlockPool is inconsistent (see policies.invariants)."""

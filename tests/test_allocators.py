@@ -68,15 +68,16 @@ def replay(sched, reqs, arrivals_per_step=3):
     return steps
 
 
-@pytest.mark.parametrize("allocator", ["default", "lru_evict"])
-def test_equals_stock_vllm_step_by_step(model_dir, allocator):
+@pytest.mark.parametrize("allocator, args", [("default", None), ("lru_evict", None),
+                                            ("tenant_quota", {"quota_blocks": 10**6})])  # never refuses: same order
+def test_equals_stock_vllm_step_by_step(model_dir, allocator, args):
     kw = dict(num_blocks=24, max_num_seqs=8, max_num_batched_tokens=96)
     stock = make_scheduler(model_dir, scheduler_cls=Scheduler, **kw)
-    ours = sched_for(model_dir, allocator, **kw)
+    ours = sched_for(model_dir, allocator, args, **kw)
     expected = replay(stock, random_workload())
     assert replay(ours, random_workload()) == expected
     pool = ours.kv_cache_manager.block_pool
-    assert (type(pool) is PolicyBlockPool) == (allocator != "default")
+    assert (type(pool) is PolicyBlockPool) == (allocator == "lru_evict")  # only a take/on_free override swaps it
 
 
 def test_workload_really_preempts_and_hits_prefix_cache(model_dir):
@@ -169,6 +170,29 @@ def test_tenant_quota_caps_blocks_per_tenant(model_dir):
     assert capped.admitted_per_step[0] == ["r0", "r1", "r3"]  # A holds 3 (r0) + 2 (r1) blocks; r2 waits
     assert "r2" in sum(capped.admitted_per_step[1:], [])
     assert sorted(capped.finished) == ["r0", "r1", "r2", "r3"]
+
+
+def test_tenant_quota_keeps_a_sorted_queue_order(model_dir):
+    """With sjf, the per-tenant TenantQueue admits in sjf's order (a quota that never refuses)."""
+    kw = dict(num_blocks=24, max_num_seqs=8, max_num_batched_tokens=96)
+    expected = replay(sched_for(model_dir, "default", policy="sjf", **kw), random_workload())
+    assert replay(sched_for(model_dir, "tenant_quota", {"quota_blocks": 10**6}, policy="sjf", **kw), random_workload()) == expected
+
+
+def test_tenant_quota_closes_a_refused_tenant_for_the_step(model_dir):
+    """A's big request is refused; A's small one behind it waits too (FIFO within a tenant) and is
+    never even asked, while B behind both is admitted."""
+    sched = sched_for(model_dir, "tenant_quota", {"quota_blocks": 4}, num_blocks=64, max_num_seqs=8)
+    asked = []
+    admit = sched.schedlab_allocator.admit
+    sched.schedlab_allocator.admit = lambda r: asked.append(r.request_id) or admit(r)
+    for i, (t, n) in enumerate([("A", 32), ("A", 48), ("A", 8), ("B", 32)]):
+        sched.add_request(req(f"r{i}", tokens(i, n), 8, arrival=float(i), extra_args={"tenant": t}))
+    so = step(sched)
+    assert [r.req_id for r in so.scheduled_new_reqs] == ["r0", "r3"]
+    assert asked == ["r0", "r1", "r3"]
+    assert [r.request_id for r in sched.waiting] == ["r1", "r2"] and len(sched.waiting) == 2
+    assert sched.waiting  # the tenant is open again next step
 
 
 # ---- checked mode ----

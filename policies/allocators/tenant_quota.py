@@ -3,13 +3,16 @@ multi-tenant serving, cf. Sheng et al., "Fairness in Serving LLMs", OSDI'24 §2)
 request is admitted only if the blocks its tenant holds plus the blocks its prompt needs fit in the
 tenant's quota. A tenant holding no blocks is always admitted (so an over-large request cannot
 starve), and running requests may grow past the quota: enforcing it by preemption would hit other
-tenants' requests, which vLLM chooses as victims. Block ids are vLLM's."""
+tenants' requests, which vLLM chooses as victims. Admission is per tenant (``admits_by_tenant``):
+once a tenant's request does not fit, its later requests wait too (FIFO within a tenant), and the
+step does not walk them. Block ids are vLLM's."""
 
 from policies.base import BlockAllocator, tenant
 
 
 class TenantQuotaAllocator(BlockAllocator):
     name = "tenant_quota"
+    admits_by_tenant = True
 
     def __init__(self, quota_blocks: int, per_tenant: dict[str, int] | None = None) -> None:
         if quota_blocks < 1:
