@@ -77,6 +77,7 @@ class BackendConfig:
     request_timeout_s: float = 300.0
     warmup_requests: int = 0
     metrics_interval_s: float = 0.5  # /metrics scrape period for the time series
+    env: Dict[str, str] = field(default_factory=dict)  # extra environment of each vLLM server
     # Ray: "auto" joins an existing cluster, null starts a local one.
     ray_address: Optional[str] = None
     ray_num_cpus: Optional[int] = None  # only for a local Ray instance

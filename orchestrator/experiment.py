@@ -140,7 +140,7 @@ def _read_back(tracker: Tracker, run) -> tuple[dict, pd.DataFrame | None, pd.Dat
 
 
 def run_experiment(cfg: DictConfig, task_overrides: Sequence[str], console: Console | None = None) -> ExperimentResult:
-    console = console or Console()
+    console = console or Console(soft_wrap=True)  # long result lines stay one line in logs
     cells = plan_cells(cfg, task_overrides)
     results_dir = Path(cfg.results_dir).resolve()
     specs = prepare(cells, results_dir)  # all validation happens here, before any server

@@ -33,6 +33,7 @@ TAG_CELL_KEY = "schedlab.cell_key"
 TAG_ERROR = "schedlab.error"
 TIMESERIES_COLUMNS = ("num_running", "num_waiting", "kv_cache_usage")
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+_MAX_POINTS = 1000  # per time series in MLflow (the full series is in timeseries.parquet)
 
 
 def default_tracking_uri(results_dir: str | Path) -> str:
@@ -157,6 +158,8 @@ class Tracker:
         if timeseries is not None and len(timeseries):
             # Time series as metric histories: step = sample index, timestamp = wall time of the sample.
             t0 = now - int(1000 * float(timeseries["t_s"].max()))
+            if len(timeseries) > _MAX_POINTS:  # the simulator samples every step: thin it out
+                timeseries = timeseries.iloc[:: math.ceil(len(timeseries) / _MAX_POINTS)]
             for col in TIMESERIES_COLUMNS:
                 if col not in timeseries:
                     continue

@@ -164,3 +164,23 @@ def test_sigint_stops_all_servers(tmp_path):
     exp = client.get_experiment_by_name("sigint")
     statuses = {r.info.status for r in client.search_runs([exp.experiment_id])}
     assert statuses == {"KILLED"}
+
+
+def test_cell_timeout_fails_the_cell_and_stops_its_server(tmp_path):
+    """The watchdog of ``backend.cell_timeout_s`` stops a server that is still starting."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import orchestrator.config  # noqa: F401
+    from orchestrator.backends import CellFailed, CellSpec, NullProgress
+    from orchestrator.backends.vllm_local import CellRunner
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["backend.cell_timeout_s=4"])
+    spec = CellSpec("k", "timeout", OmegaConf.to_container(cfg, resolve=True), [], str(tmp_path / "cell"))
+    t0 = time.monotonic()
+    with pytest.raises(CellFailed, match="timed out") as e:
+        CellRunner().run(spec, NullProgress(), tmp_path / "models")
+    assert time.monotonic() - t0 < 30
+    assert Path(e.value.log_path).exists()
+    assert _server_pids(str(tmp_path / "models")) == []

@@ -95,7 +95,7 @@ class CellRunner:
         model_dir = write_model_dir(cfg.model.preset, model_root, dict(cfg.model.arch_overrides) or None)
         be = cfg.backend
         server = VLLMServer(model_dir, extra_args=server_args(cfg), log_path=log_path,
-                            startup_timeout_s=be.startup_timeout_s)  # fmt: skip
+                            startup_timeout_s=be.startup_timeout_s, env=dict(be.env))  # fmt: skip
         info = {"vllm_version": vllm_version(), "vllm_build": vllm_build(),
                 "server_command": " ".join(server.command())}  # fmt: skip
         timed_out = threading.Event()
