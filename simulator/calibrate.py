@@ -63,9 +63,18 @@ class RealRun:
 async def _replay(url: str, model: str, requests: list[Request]) -> RealRun:
     from workloads.loadgen import run_load
 
-    box: dict[str, float] = {}
-    records = await run_load(url, model, requests, on_measure_start=lambda: box.setdefault("t0", time.perf_counter()))
-    return RealRun([r for r in records if not r.warmup], box["t0"], requests)
+    done_at: list[float] = []  # perf_counter() of the k-th completion (the progress callback)
+
+    def progress(done: int, total: int, in_flight: int) -> None:
+        if done > len(done_at):
+            done_at.append(time.perf_counter())
+
+    records = [r for r in await run_load(url, model, requests, on_progress=progress) if not r.warmup]
+    # The load generator's records are relative to its run clock; recover that clock's zero from
+    # completion times (k-th callback = k-th request to end), robust to whatever runs before it.
+    ends = sorted(r.actual_send_s + r.e2e_s for r in records if r.e2e_s is not None)
+    t0 = statistics.median(cb - end for cb, end in zip(done_at, ends)) if ends else time.perf_counter()
+    return RealRun(records, t0, requests)
 
 
 def replay(url: str, model: str, requests: list[Request]) -> RealRun:
