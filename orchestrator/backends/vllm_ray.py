@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -26,19 +27,49 @@ from orchestrator.backends.vllm_local import CellRunner
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """Where cell actors post their progress; the driver polls it for the live display."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, tuple] = {}
+
+    def put(self, key: str, phase: str | None, counts: tuple[int, int, int] | None) -> None:
+        old_phase, old_counts = self.state.get(key, (None, None))
+        self.state[key] = (phase or old_phase, counts or old_counts)
+
+    def get(self) -> dict[str, tuple]:
+        return dict(self.state)
+
+
+class _RemoteProgress:
+    def __init__(self, board, key: str) -> None:
+        self.board, self.key, self.last = board, key, 0.0
+
+    def phase(self, text: str) -> None:
+        self.board.put.remote(self.key, text, None)
+
+    def requests(self, done: int, total: int, in_flight: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= 0.25 or done == total:  # throttled: one small message per 250 ms
+            self.last = now
+            self.board.put.remote(self.key, None, (done, total, in_flight))
+
+
 @ray.remote(max_concurrency=2)  # run() and stop() on separate threads, so Ctrl-C can stop a running cell
 class CellActor:
     def __init__(self) -> None:
         self.runner = CellRunner()
 
-    def run(self, spec: CellSpec) -> CellResult:
+    def run(self, spec: CellSpec, board=None) -> CellResult:
         try:
             Path(spec.out_dir).mkdir(parents=True, exist_ok=True)
         except OSError:  # the driver's results path does not exist on this node
             spec.out_dir = tempfile.mkdtemp(prefix="schedlab-cell-")
         model_root = Path(tempfile.gettempdir()) / "schedlab-models"
         try:
-            result = self.runner.run(spec, NullProgress(), model_root)
+            progress = _RemoteProgress(board, spec.key) if board is not None else NullProgress()
+            result = self.runner.run(spec, progress, model_root)
         except CellFailed as e:
             e.log_text = _read(e.log_path)
             e.info["node"] = ray.util.get_node_ip_address()
@@ -99,15 +130,17 @@ class VLLMRayBackend(Backend):
         pending = list(specs)
         window = be.max_parallel or len(pending) or 1
         refs: dict[ray.ObjectRef, tuple[CellSpec, ray.actor.ActorHandle]] = {}
+        sinks: dict[str, CellProgress] = {}
+        board = ProgressBoard.remote()
 
         def submit(spec: CellSpec) -> None:
             cfg = spec.config()
             num_gpus = cfg.model.tensor_parallel_size if has_gpus else 0
             actor = CellActor.options(num_cpus=be.num_cpus_per_cell, num_gpus=num_gpus).remote()
-            progress = started(spec)
-            progress.phase("running on Ray")
+            sinks[spec.key] = started(spec)
+            sinks[spec.key].phase("starting Ray actor")
             self.live[spec.key] = actor
-            refs[actor.run.remote(spec)] = (spec, actor)
+            refs[actor.run.remote(spec, board)] = (spec, actor)
 
         if pending:
             cfg0 = pending[0].config()
@@ -116,8 +149,17 @@ class VLLMRayBackend(Backend):
         while pending or refs:
             while pending and len(refs) < window:
                 submit(pending.pop(0))
-            done, _ = ray.wait(list(refs), num_returns=1)
+            done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+            if not done:
+                for key, (phase, counts) in ray.get(board.get.remote()).items():
+                    if key in sinks:
+                        if counts:
+                            sinks[key].requests(*counts)
+                        elif phase:
+                            sinks[key].phase(phase)
+                continue
             spec, actor = refs.pop(done[0])
+            sinks.pop(spec.key, None)
             try:
                 outcome: CellResult | BaseException = ray.get(done[0])
             except ray.exceptions.RayTaskError as e:
@@ -127,6 +169,7 @@ class VLLMRayBackend(Backend):
             self.live.pop(spec.key, None)
             ray.kill(actor)
             yield spec, outcome
+        ray.kill(board)
 
     def stop_all(self) -> None:
         stops = [a.stop.remote() for a in self.live.values()]
