@@ -6,7 +6,6 @@ import json
 import urllib.request
 
 import numpy as np
-import pytest
 
 from workloads import Request, synthetic
 from workloads.instant_server import InstantServer
