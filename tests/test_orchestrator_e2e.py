@@ -136,7 +136,10 @@ def test_sigint_stops_all_servers(tmp_path):
     results = tmp_path / "results"
     cmd = [sys.executable, "-m", "orchestrator", "+experiment=sjf_vs_fcfs", f"results_dir={results}", *SHRINK,
            "grid.policy=[fcfs]", "workload.num_requests=400", "workload.rate=4", "experiment_name=sigint"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell starting pytest in the background sets SIGINT to ignored, and children inherit that:
+    # give the orchestrator the default disposition, as in a terminal.
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     marker = str(results / "models")  # the server's --model path: unique to this test
     try:
         deadline = time.monotonic() + 240
