@@ -23,7 +23,7 @@ def main() -> None:
     from orchestrator.models import write_model_dir
     from simulator import simulate
     from simulator.calibrate import calibrate
-    from simulator.fidelity import SERVER_ARGS, Comparison, heldout_workload, real_summary, sim_kwargs
+    from simulator.fidelity import SERVER_ARGS, Comparison, heldout_workload, real_summary, sim_kwargs, step_model_ratio
     from simulator.step_model import PROFILE_DIR
 
     model_dir = write_model_dir("tiny")
@@ -45,6 +45,10 @@ def main() -> None:
     cmp = Comparison(real, res.summary)
     print(f"held-out workload: {len(heldout)} requests; sim wall {res.wall_s:.2f} s")
     print(cmp.table())
+    print("real vs real (the warm-up replay: same workload, fresh prompts)")
+    print(Comparison(real, real_summary(cal.runs[0], cal.step_log)).table())
+    print(f"step model on the held-out replay's own steps: predicted/measured {step_model_ratio(p, cal.runs[1], cal.step_log):.3f}")
+    print(f"step log: {cal.step_log}")
 
 
 if __name__ == "__main__":

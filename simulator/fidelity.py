@@ -60,3 +60,15 @@ def real_summary(run, step_log: str | Path) -> dict[str, float]:
     end = run.t0 + max(r.actual_send_s + (r.e2e_s or 0) for r in run.records)
     out["server_num_preemptions"] = float(sum(s.get("preempted", 0) for s in steps if run.t0 <= s["t0"] <= end))
     return out
+
+
+def step_model_ratio(profile, run, step_log: str | Path) -> float:
+    """Mean predicted / mean measured cycle over the real engine steps of ``run``: separates a
+    step-model error (or the server drifting since calibration) from front-end latency errors."""
+    from simulator.calibrate import read_step_log, step_cycles
+
+    _, _, steps = read_step_log(step_log)
+    end = run.t0 + max(r.actual_send_s + (r.e2e_s or 0) for r in run.records)
+    shapes, times = step_cycles([s for s in steps if run.t0 <= s["t0"] <= end])
+    pred = sum(profile.step_time(s.prefill_tokens, s.decode_tokens, s.num_reqs, s.sum_context, s.prefill_attn) for s in shapes)
+    return pred / sum(times)

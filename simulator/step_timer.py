@@ -8,7 +8,10 @@ server schedules exactly like the experiment's.
 One JSON line per event, all times ``time.perf_counter()`` (CLOCK_MONOTONIC: comparable with the
 load generator's clock on the same machine):
 - ``{"ev": "config", ...}``: block size, KV blocks, max_num_seqs, ... of the running engine;
-- ``{"ev": "add", "t", "key"}``: a request reached the engine (``key``: hash of its prompt ids);
+- ``{"ev": "add", "t", "key", "front"}``: the scheduler got a request (``key``: hash of its prompt
+  ids). The engine core adds requests only between steps, so ``t`` includes the wait for the step
+  that was running when the request came in; ``front`` = seconds since the API server processed it
+  (``Request.arrival_time``, wall clock), so ``t - front`` is when it was ready for the engine;
 - ``{"ev": "step", "t0", "t1", "t2", "t3", "prefill", "decode", "num_reqs", "sum_context",
   "prefill_attn", "first": [keys], "preempted", "busy"}``: ``t0``/``t1`` schedule() start/end, ``t2``/``t3``
   update_from_output() start/end; ``first`` = requests whose first token came from this step;
@@ -59,7 +62,8 @@ class StepTimingScheduler(_Base):
         if self._step_log is not None and request.prompt_token_ids is not None:
             key = prompt_key(request.prompt_token_ids)
             self._keys[request.request_id] = key
-            self._write(ev="add", t=time.perf_counter(), key=key)
+            now, wall = time.perf_counter(), time.time()
+            self._write(ev="add", t=now, key=key, front=max(0.0, wall - request.arrival_time))
         super().add_request(request)
 
     def schedule(self, *args, **kwargs):
@@ -67,12 +71,13 @@ class StepTimingScheduler(_Base):
         out = super().schedule(*args, **kwargs)
         self._t0, self._t1 = t0, time.perf_counter()
         if self._step_log is not None:
-            prefill = decode = ctx_sum = prefill_attn = 0
+            prefill = decode = ctx_sum = prefill_attn = ctx_blocks = 0
             first = []
             for rid, k in out.num_scheduled_tokens.items():
                 r = self.requests[rid]
                 ctx = r.num_computed_tokens
                 ctx_sum += ctx
+                ctx_blocks += -(-ctx // self.block_size)  # KV blocks attention reads (diagnostic)
                 if k == 1:
                     decode += 1
                 else:
@@ -81,7 +86,7 @@ class StepTimingScheduler(_Base):
                 if not r.is_prefill_chunk and r.num_output_tokens == 0:
                     first.append(self._keys.get(rid))
             self._shape = dict(prefill=prefill, decode=decode, num_reqs=len(out.num_scheduled_tokens),
-                               sum_context=ctx_sum, prefill_attn=prefill_attn, first=first,
+                               sum_context=ctx_sum, prefill_attn=prefill_attn, ctx_blocks=ctx_blocks, first=first,
                                preempted=len(out.preempted_req_ids or ()))  # fmt: skip
         return out
 

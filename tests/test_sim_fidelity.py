@@ -4,12 +4,12 @@ Two server starts in all (run under ``flock /tmp/schedlab-vllm.lock``): one time
 is calibrated and then replays the held-out and policy workloads, one sjf server for the policy
 workload.
 
-Tolerances: on a 2-core machine the load generator, the API server and the engine core share the
-cores, so client-side latencies of the *real* server vary run to run (measured: TTFT p50 of the
-same workload 11 ms to 136 ms across sessions, with other jobs running). Throughput and TPOT p50
-are asserted within 25%, TTFT p50 within 50% — or within twice the real server's own run-to-run
-difference on the same workload (measured in the test), whichever is larger. TTFT p90 and
-preemptions are printed; ``benchmarks/sim_fidelity.py`` prints the actual errors.
+Tolerances are the real server's own noise, measured: the held-out workload is replayed twice on
+the same server (fresh prompts), and on a quiet 2-core machine those two replays differed by up to
+6% in throughput, 18% in TTFT p50, 24% in TTFT p90, 22% in TPOT p50 and by 1 preemption (2 vs 3).
+The sim must be within a base tolerance a bit above that (15% throughput, 30% TPOT p50, 35% TTFT
+p50, 50% TTFT p90), or within twice the replay-to-replay difference of this run if the machine is
+noisier, capped so that a step model 2× off always fails (checked below on the same data).
 """
 
 from __future__ import annotations
@@ -55,22 +55,48 @@ def real(tmp_path_factory):
                 again_run=cal.runs[0])
 
 
+# metric -> (base tolerance, cap on the noise-widened tolerance)
+TOLERANCES = {
+    "output_token_throughput": (0.15, 0.3),
+    "tpot_ms_p50": (0.30, 0.5),
+    "ttft_ms_p50": (0.35, 0.6),
+    "ttft_ms_p90": (0.50, 0.8),
+}
+
+
+def _tolerance(metric: str, self_err: float) -> float:
+    base, cap = TOLERANCES[metric]
+    return max(base, min(cap, 2 * self_err))
+
+
 def test_calibrated_sim_matches_real_server_on_heldout_workload(real):
     from simulator import simulate
-    from simulator.fidelity import Comparison, real_summary, sim_kwargs
+    from simulator.fidelity import Comparison, real_summary, sim_kwargs, step_model_ratio
 
     cal = real["cal"]
-    assert cal.profile.meta["num_steps"] > 100 and cal.profile.c0 > 0
+    p = cal.profile
+    assert p.meta["num_steps"] > 100 and p.c0 > 0
     real_m = real_summary(cal.runs[1], cal.step_log)
     real_again = real_summary(real["again_run"], cal.step_log)
-    sim = simulate(real["heldout"], model_dir=real["model_dir"], step_model=cal.profile, **sim_kwargs(cal.profile))
+    sim = simulate(real["heldout"], model_dir=real["model_dir"], step_model=p, **sim_kwargs(p))
     cmp, self_cmp = Comparison(real_m, sim.summary), Comparison(real_m, real_again)
     print("\nsim vs real\n" + cmp.table() + "\nreal vs real (same workload, fresh prompts)\n" + self_cmp.table())
+    print(f"step model on the held-out replay's own steps: predicted/measured {step_model_ratio(p, cal.runs[1], cal.step_log):.3f}")
     assert real_m["num_completed"] == sim.summary["num_completed"] == len(real["heldout"])
-    for m, tol in (("output_token_throughput", 0.25), ("tpot_ms_p50", 0.25), ("ttft_ms_p50", 0.5)):
-        assert cmp.rel_err(m) <= max(tol, 2 * self_cmp.rel_err(m)), m
-    # TTFT p90 is printed, not asserted: its tail is other processes' CPU contention on this
-    # machine (real p90 of this workload: 29 ms in one session, 590 ms in another).
+    assert real_m["tpot_ms_p50"] > 0.5  # tokens streamed one by one, not in a burst
+    tols = {m: _tolerance(m, self_cmp.rel_err(m)) for m in TOLERANCES}
+    bad = {m: f"{cmp.rel_err(m):.1%} > {tol:.0%}" for m, tol in tols.items() if cmp.rel_err(m) > tol}
+    assert not bad, bad
+    # Preemptions are a handful on this workload: within 3, or twice the real replays' difference.
+    pre = "server_num_preemptions"
+    assert abs(sim.summary[pre] - real_m[pre]) <= max(3, 2 * abs(real_again[pre] - real_m[pre]))
+
+    # The check can fail: the same sim with every step twice as long is out of tolerance.
+    slow = dataclasses.replace(p, c0=2 * p.c0, c1=2 * p.c1, c2=2 * p.c2, c3=2 * p.c3, c4=2 * p.c4)
+    slow_sim = simulate(real["heldout"], model_dir=real["model_dir"], step_model=slow, **sim_kwargs(p))
+    slow_err = Comparison(real_m, slow_sim.summary).rel_err("tpot_ms_p50")
+    print(f"step model 2x slower: tpot_ms_p50 error {slow_err:.1%}")
+    assert slow_err > tols["tpot_ms_p50"]
 
 
 def _short_ttft(records, short: set[str]) -> float:
