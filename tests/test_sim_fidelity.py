@@ -5,11 +5,13 @@ is calibrated and then replays the held-out and policy workloads, one sjf server
 workload.
 
 Tolerances are the real server's own noise, measured: the held-out workload is replayed twice on
-the same server (fresh prompts), and on a quiet 2-core machine those two replays differed by up to
-6% in throughput, 18% in TTFT p50, 24% in TTFT p90, 22% in TPOT p50 and by 1 preemption (2 vs 3).
-The sim must be within a base tolerance a bit above that (15% throughput, 30% TPOT p50, 35% TTFT
-p50, 50% TTFT p90), or within twice the replay-to-replay difference of this run if the machine is
-noisier, capped so that a step model 2× off always fails (checked below on the same data).
+the same server (fresh prompts); across four sessions on the 2-core dev machine those two replays
+differed by up to 1% in throughput, 20% in TTFT p50, 47% in TTFT p90, 28% in TPOT p50 and by 2
+preemptions. The sim must be within a base tolerance a bit above that (15% throughput, 40% TPOT
+p50 — the replay spread plus the ~10% by which per-shape decode steps drift within a session —,
+35% TTFT p50, 50% TTFT p90), or within twice this run's replay-to-replay difference if the
+machine is noisier, capped so that a step model 2× off always fails (checked below on the same
+data). docs/simulator.md has the measured errors.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def real(tmp_path_factory):
 # metric -> (base tolerance, cap on the noise-widened tolerance)
 TOLERANCES = {
     "output_token_throughput": (0.15, 0.3),
-    "tpot_ms_p50": (0.30, 0.5),
+    "tpot_ms_p50": (0.40, 0.6),
     "ttft_ms_p50": (0.35, 0.6),
     "ttft_ms_p90": (0.50, 0.8),
 }
