@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -51,6 +52,12 @@ class CellData:
     def group(self, compare_by: str) -> str:
         rest = {k: v for k, v in self.dims.items() if k != compare_by and k not in SEED_KEYS}
         return " ".join(f"{k}={v}" for k, v in rest.items()) or "all"
+
+
+def _save_figure(fig, path: Path, dpi: int = 110, **savefig_kw: Any) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, **savefig_kw)
+    plt.close(fig)
 
 
 def compared_value(cfg: DictConfig, compare_by: str) -> str:
@@ -145,9 +152,7 @@ def save_table_png(table: pd.DataFrame, compare_by: str, baseline: str, path: Pa
         tab.set_fontsize(8)
         tab.auto_set_column_width(list(range(len(names) + 1)))
         ax.set_title(f"{title}: {group} (change vs {compare_by}={baseline})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _save_figure(fig, path, dpi=120, bbox_inches="tight")
     return path
 
 
@@ -177,9 +182,7 @@ def plot_ttft_cdf(cells: list[CellData], compare_by: str, path: Path) -> Path | 
         ax.set(title=group, xlabel="TTFT (ms)", ylabel="fraction of requests")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
     return path
 
 
@@ -200,9 +203,7 @@ def plot_latency_percentiles(cells: list[CellData], compare_by: str, path: Path)
         ax.set(title=group, ylabel="ms")
         ax.set_yscale("log")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
     return path
 
 
@@ -228,9 +229,7 @@ def plot_timeseries(cells: list[CellData], compare_by: str, path: Path) -> Path 
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
             ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
     return path
 
 
@@ -246,7 +245,5 @@ def plot_cell_timeseries(ts: pd.DataFrame, title: str, path: Path) -> Path | Non
     b.legend()
     for ax in (a, b):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_figure(fig, path)
     return path
