@@ -19,7 +19,7 @@ from policies.inprocess import EOS_TOKEN_ID
 from workloads.records import RequestRecord
 from workloads.trace import Request as TraceRequest
 
-from simulator.step_model import StepTimeModel
+from simulator.step_model import BatchShape, StepTimeModel
 
 NON_EOS_TOKEN_ID = 5  # any ordinary token id of our tokenizer
 
@@ -113,24 +113,16 @@ def run_loop(
         req_ids = list(scheduled)
         if req_ids:
             idle_steps = 0
-            prefill = decode = ctx_sum = prefill_attn = 0
             sampled: list[list[int]] = []
             for rid in req_ids:
                 r = engine_requests[rid]
-                k = scheduled[rid]
-                ctx = r.num_computed_tokens  # already advanced by schedule()
-                ctx_sum += ctx
-                if k == 1:
-                    decode += 1
-                else:
-                    prefill += k
-                    prefill_attn += k * ctx
                 if r.is_prefill_chunk:
                     sampled.append([])  # partial prefill chunk: nothing sampled
                 else:
                     last = len(r._output_token_ids) + 1 >= r.max_tokens
                     sampled.append([EOS_TOKEN_ID if last else NON_EOS_TOKEN_ID])
-            t += step_time(prefill, decode, len(req_ids), ctx_sum, prefill_attn)
+            shape = BatchShape.of_step(engine_requests, scheduled)
+            t += step_time(shape.prefill_tokens, shape.decode_tokens, shape.num_reqs, shape.sum_context, shape.prefill_attn)
             out = ModelRunnerOutput(
                 req_ids=req_ids,
                 req_id_to_index={rid: j for j, rid in enumerate(req_ids)},

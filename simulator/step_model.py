@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import yaml
 
@@ -42,6 +42,21 @@ class BatchShape:
     sum_context: int = 0
     # Σ scheduled·context over prefill chunks: attention work of prefill (quadratic in length).
     prefill_attn: int = 0
+
+    @classmethod
+    def of_step(cls, requests: Mapping[str, Any], num_scheduled_tokens: Mapping[str, int]) -> "BatchShape":
+        """The shape of a step just returned by ``schedule()`` (``num_computed_tokens`` already advanced).
+        The simulator and the calibration's step timer both use this, so a fitted model applies as measured."""
+        prefill = decode = ctx_sum = prefill_attn = 0
+        for rid, k in num_scheduled_tokens.items():
+            ctx = requests[rid].num_computed_tokens
+            ctx_sum += ctx
+            if k == 1:
+                decode += 1
+            else:
+                prefill += k
+                prefill_attn += k * ctx
+        return cls(prefill, decode, len(num_scheduled_tokens), ctx_sum, prefill_attn)
 
 
 @runtime_checkable

@@ -26,6 +26,7 @@ import os
 import time
 
 from policies.scheduler import PolicyScheduler as _Base  # time the scheduler experiments run
+from simulator.step_model import BatchShape
 
 ENV_VAR = "SCHEDLAB_STEP_LOG"
 
@@ -71,23 +72,17 @@ class StepTimingScheduler(_Base):
         out = super().schedule(*args, **kwargs)
         self._t0, self._t1 = t0, time.perf_counter()
         if self._step_log is not None:
-            prefill = decode = ctx_sum = prefill_attn = ctx_blocks = 0
+            shape = BatchShape.of_step(self.requests, out.num_scheduled_tokens)
+            ctx_blocks = 0
             first = []
-            for rid, k in out.num_scheduled_tokens.items():
+            for rid in out.num_scheduled_tokens:
                 r = self.requests[rid]
-                ctx = r.num_computed_tokens
-                ctx_sum += ctx
-                ctx_blocks += -(-ctx // self.block_size)  # KV blocks attention reads (diagnostic)
-                if k == 1:
-                    decode += 1
-                else:
-                    prefill += k
-                    prefill_attn += k * ctx
+                ctx_blocks += -(-r.num_computed_tokens // self.block_size)  # KV blocks attention reads (diagnostic)
                 if not r.is_prefill_chunk and r.num_output_tokens == 0:
                     first.append(self._keys.get(rid))
-            self._shape = dict(prefill=prefill, decode=decode, num_reqs=len(out.num_scheduled_tokens),
-                               sum_context=ctx_sum, prefill_attn=prefill_attn, ctx_blocks=ctx_blocks, first=first,
-                               preempted=len(out.preempted_req_ids or ()))  # fmt: skip
+            self._shape = dict(prefill=shape.prefill_tokens, decode=shape.decode_tokens, num_reqs=shape.num_reqs,
+                               sum_context=shape.sum_context, prefill_attn=shape.prefill_attn, ctx_blocks=ctx_blocks,
+                               first=first, preempted=len(out.preempted_req_ids or ()))  # fmt: skip
         return out
 
     def update_from_output(self, scheduler_output, model_runner_output):
