@@ -36,12 +36,13 @@ def main() -> None:
     cal = calibrate(model_dir, name="cpu_tiny_fidelity", server_args=SERVER_ARGS, extra_workloads=[warm, heldout])
     p = cal.profile
     print(f"profile: t = {p.c0 * 1e3:.3f} ms + {p.c1 * 1e6:.2f} us/prefill tok + {p.c2 * 1e6:.2f} us/decode tok "
-          f"+ {p.c3 * 1e9:.3f} ns/ctx tok + {p.c4 * 1e3:.3f} ms/prefill step; r2={p.meta['r2']:.3f}; "
+          f"+ {p.c3 * 1e9:.3f} ns/ctx tok + {p.c4 * 1e3:.3f} ms/prefill step + {p.c5 * 1e3:.3f} ms/arrival "
+          f"+ {p.c6 * 1e6:.2f} us/tok of a new shape; r2={p.meta['r2']:.3f}; "
           f"latency in {p.request_latency_in_s * 1e3:.2f} ms, out {p.request_latency_out_s * 1e3:.2f} ms")
     if a.save_profile:
         print("saved", p.save(PROFILE_DIR / "cpu_tiny_fidelity.yaml"))
     real = real_summary(cal.runs[1], cal.step_log)
-    res = simulate(heldout, model_dir=model_dir, step_model=p, **sim_kwargs(p))
+    res = simulate(heldout, model_dir=model_dir, step_model=p, **sim_kwargs(p, cal.runs[1], cal.step_log))
     cmp = Comparison(real, res.summary)
     print(f"held-out workload: {len(heldout)} requests; sim wall {res.wall_s:.2f} s")
     print(cmp.table())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -66,6 +66,7 @@ def simulate(
     enable_prefix_caching: bool = True,
     max_model_len: int | None = None,
     seed: int = 0,
+    warm_num_tokens: Iterable[int] = (),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SimResult:
     """Replay ``requests`` through vLLM's real Scheduler with ``policy``/``allocator``.
@@ -73,6 +74,10 @@ def simulate(
     ``num_gpu_blocks=None`` derives the KV cache size like vLLM: from the roofline hardware's
     memory (memory × utilization − weights − activations) / bytes per block, or from the
     ``num_gpu_blocks`` a calibrated linear profile recorded from its server.
+
+    ``warm_num_tokens``: step token counts the simulated server has already run, for a profile
+    with a first-run cost per shape (``LinearModel.c6``, vLLM's CPU backend); by default the server
+    is as freshly started, as every real experiment cell's is.
     """
     from orchestrator.models import load_model_config
     from simulator.build import build_scheduler, engine_request_factory, materialize_prompts
@@ -98,7 +103,8 @@ def simulate(
     )  # fmt: skip
     make_req = engine_request_factory(block_size=block_size, max_model_len=max_model_len)
     latencies = request_latencies(step_model, len(trace), seed)
-    loop = run_loop(sched, trace, make_req, step_model, latencies=latencies, on_progress=on_progress)
+    loop = run_loop(sched, trace, make_req, step_model, latencies=latencies, warm_num_tokens=warm_num_tokens,
+                    on_progress=on_progress)
 
     ts = pd.DataFrame(
         {

@@ -97,24 +97,53 @@ def read_step_log(path: str | Path) -> tuple[dict[str, Any], list[dict], list[di
     return config, adds, steps
 
 
-def step_cycles(steps: list[dict], t_end: float = float("inf")) -> tuple[list[BatchShape], list[float]]:
-    """(shape, seconds) of every step before ``t_end`` that the next step followed at once
-    (``busy``): its cycle runs from its schedule() to the next schedule() and includes all
-    engine-loop overhead. Cycles whose gap after update_from_output() is far beyond the usual
-    (the engine was blocked or idle, e.g. behind steps that scheduled nothing) are dropped."""
+@dataclass
+class Cycle:
+    """One busy engine step as the linear model sees it."""
+
+    shape: BatchShape
+    seconds: float  # schedule() start to the next schedule() start
+    arrivals: int  # requests the engine took in before the next step: they reached it during this one
+    new_shape: bool  # the first step with this token count since the server started
+
+
+def step_cycles(steps: list[dict], adds: list[dict] = (), t_start: float = float("-inf"),
+                t_end: float = float("inf")) -> list[Cycle]:  # fmt: skip
+    """The cycles of the busy steps starting in [``t_start``, ``t_end``) that the next step
+    followed at once (``busy``): a cycle runs from schedule() to the next schedule() and includes
+    all engine-loop overhead. ``steps`` must be the whole log since the server started (first-run
+    token counts are counted from there). Cycles whose gap after update_from_output() is far
+    beyond the usual (the engine was blocked or idle, e.g. behind steps that scheduled nothing)
+    are dropped."""
+    import bisect
+
     import numpy as np
 
-    pairs = [(a, b) for a, b in zip(steps, steps[1:]) if a["busy"] and b["t0"] < t_end]
-    if not pairs:
-        return [], []
-    gaps = np.array([b["t0"] - a["t3"] for a, b in pairs])
+    seen: set[int] = set()
+    first_run = []
+    for s in steps:
+        n = s["prefill"] + s["decode"]
+        first_run.append(n not in seen)
+        seen.add(n)
+    add_t = sorted(a["t"] for a in adds)
+    idx = [j for j in range(len(steps) - 1) if steps[j]["busy"] and t_start <= steps[j]["t0"] and steps[j + 1]["t0"] < t_end]
+    if not idx:
+        return []
+    gaps = np.array([steps[j + 1]["t0"] - steps[j]["t3"] for j in idx])
     limit = 10 * float(np.median(gaps)) + 1e-3
-    shapes, times = [], []
-    for (a, b), gap in zip(pairs, gaps):
+    cycles = []
+    for j, gap in zip(idx, gaps):
         if gap <= limit:
-            shapes.append(BatchShape(a["prefill"], a["decode"], a["num_reqs"], a["sum_context"], a["prefill_attn"]))
-            times.append(b["t0"] - a["t0"])
-    return shapes, times
+            a, b = steps[j], steps[j + 1]
+            arrivals = bisect.bisect_left(add_t, b["t0"]) - bisect.bisect_left(add_t, a["t0"])
+            shape = BatchShape(a["prefill"], a["decode"], a["num_reqs"], a["sum_context"], a["prefill_attn"])
+            cycles.append(Cycle(shape, b["t0"] - a["t0"], arrivals, first_run[j]))
+    return cycles
+
+
+def num_tokens_run(steps: list[dict], before: float) -> set[int]:
+    """Step token counts the server had run before time ``before`` (``simulate(warm_num_tokens=...)``)."""
+    return {s["prefill"] + s["decode"] for s in steps if s["t0"] < before}
 
 
 def engine_ready_times(adds: list[dict], steps: list[dict], idle_gap_s: float = 1e-3) -> list[float]:
@@ -179,15 +208,16 @@ def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, met
     """Fit on the steps logged in [``t_start``, ``t_end``) (the measured sweep; other steps belong
     to the warm-up pass or other workloads)."""
     config, adds, steps = read_step_log(step_log)
+    cycles = step_cycles(steps, adds, t_start, t_end)
     steps = [s for s in steps if s["t0"] >= t_start]
-    shapes, times = step_cycles(steps, t_end)
     # Latencies from requests sent one at a time or at a Poisson rate: in bursts of 32 simultaneous
     # requests the API server's own queueing would inflate them.
     lat_in, lat_out = request_latencies([r for r in runs if len(r.requests) == 1 or r.requests[-1].arrival_s > 0],
                                         adds, steps)
     grid = np.linspace(0, 100, 21)
     return LinearModel.fit(
-        shapes, times, name=f"linear:{name}",
+        [c.shape for c in cycles], [c.seconds for c in cycles], arrivals=[c.arrivals for c in cycles],
+        new_shape=[c.new_shape for c in cycles], name=f"linear:{name}",
         request_latency_in_s=statistics.median(lat_in), request_latency_out_s=statistics.median(lat_out),
         latency_in_quantiles=[float(x) for x in np.percentile(lat_in, grid)],
         latency_out_quantiles=[float(x) for x in np.percentile(lat_out, grid)],

@@ -9,8 +9,9 @@ admission, chunked prefill, preemption, prefix caching and block allocation are 
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.outputs import ModelRunnerOutput
@@ -56,13 +57,16 @@ def run_loop(
     step_model: StepTimeModel,
     *,
     latencies: tuple[Sequence[float], Sequence[float]] | None = None,
+    warm_num_tokens: Iterable[int] = (),
     on_progress: Callable[[int, int], None] | None = None,
     progress_every_steps: int = 2000,
 ) -> LoopResult:
     """Replay ``trace`` through ``sched``; return one record per request.
 
     ``latencies`` = per-request (client → engine, engine → client) front-end delays, aligned with
-    ``trace`` (default: the step model's constants).
+    ``trace`` (default: the step model's constants). ``warm_num_tokens``: step token counts the
+    engine has already run (for a step model with a first-run cost per shape; default: none, a
+    freshly started server).
 
     ``make_engine_request(trace_request, engine_arrival_s)`` builds the vLLM ``Request``, or
     raises ``ValueError`` for a request the server would reject (recorded as HTTP 400).
@@ -76,6 +80,9 @@ def run_loop(
     lat_out = {trace[j].request_id: float(latencies[1][j]) for j in range(n)}
     trace = [trace[j] for j in order]
     step_time = step_model.step_time
+    arrival_cost = getattr(step_model, "arrival_s", 0.0)
+    new_shape_cost = getattr(step_model, "new_shape_s_per_token", 0.0)
+    seen_num_tokens = set(warm_num_tokens)
     by_id = {r.request_id: r for r in trace}
     token_times: dict[str, list[float]] = {}
     records: list[RequestRecord] = []
@@ -122,7 +129,16 @@ def run_loop(
                     last = len(r._output_token_ids) + 1 >= r.max_tokens
                     sampled.append([EOS_TOKEN_ID if last else NON_EOS_TOKEN_ID])
             shape = BatchShape.of_step(engine_requests, scheduled)
-            t += step_time(shape.prefill_tokens, shape.decode_tokens, shape.num_reqs, shape.sum_context, shape.prefill_attn)
+            dt = step_time(shape.prefill_tokens, shape.decode_tokens, shape.num_reqs, shape.sum_context, shape.prefill_attn)
+            # The engine-state terms of simulator.step_model.cycle_time, inline (hot loop).
+            if new_shape_cost:
+                num_tokens = shape.prefill_tokens + shape.decode_tokens
+                if num_tokens not in seen_num_tokens:
+                    seen_num_tokens.add(num_tokens)
+                    dt += new_shape_cost * num_tokens
+            if arrival_cost and i < n:
+                dt += arrival_cost * (bisect_left(engine_t, t + dt, i) - i)
+            t += dt
             out = ModelRunnerOutput(
                 req_ids=req_ids,
                 req_id_to_index={rid: j for j, rid in enumerate(req_ids)},

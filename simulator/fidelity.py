@@ -26,12 +26,19 @@ def heldout_workload(num_requests: int = 80, rate: float = 24.0, seed: int = 1) 
     return list(synthetic(num_requests, rate, prompt_len="uniform:64:512", output_len="uniform:16:128", seed=seed))
 
 
-def sim_kwargs(profile) -> dict[str, Any]:
-    """``simulate`` engine limits equal to the calibrated server's (from its step log)."""
+def sim_kwargs(profile, run=None, step_log: str | Path | None = None) -> dict[str, Any]:
+    """``simulate`` engine limits equal to the calibrated server's (from its step log); with
+    ``run``, also the step token counts that server had run before ``run`` started (it had
+    built their kernels, so the sim must not charge their first run again)."""
     e = profile.meta["engine"]
-    return dict(block_size=e["block_size"], num_gpu_blocks=e["num_gpu_blocks"], max_num_seqs=e["max_num_seqs"],
-                max_num_batched_tokens=e["max_num_batched_tokens"], max_model_len=e["max_model_len"],
-                enable_prefix_caching=e["enable_prefix_caching"])  # fmt: skip
+    kw = dict(block_size=e["block_size"], num_gpu_blocks=e["num_gpu_blocks"], max_num_seqs=e["max_num_seqs"],
+              max_num_batched_tokens=e["max_num_batched_tokens"], max_model_len=e["max_model_len"],
+              enable_prefix_caching=e["enable_prefix_caching"])  # fmt: skip
+    if run is not None:
+        from simulator.calibrate import num_tokens_run, read_step_log
+
+        kw["warm_num_tokens"] = num_tokens_run(read_step_log(step_log)[2], run.t0)
+    return kw
 
 
 @dataclass
@@ -57,7 +64,7 @@ def real_summary(run, step_log: str | Path) -> dict[str, float]:
 
     out = summarize(run.records)
     _, _, steps = read_step_log(step_log)
-    end = run.t0 + max(r.actual_send_s + (r.e2e_s or 0) for r in run.records)
+    end = run_end(run)
     out["server_num_preemptions"] = float(sum(s.get("preempted", 0) for s in steps if run.t0 <= s["t0"] <= end))
     return out
 
@@ -66,9 +73,13 @@ def step_model_ratio(profile, run, step_log: str | Path) -> float:
     """Mean predicted / mean measured cycle over the real engine steps of ``run``: separates a
     step-model error (or the server drifting since calibration) from front-end latency errors."""
     from simulator.calibrate import read_step_log, step_cycles
+    from simulator.step_model import cycle_time
 
-    _, _, steps = read_step_log(step_log)
-    end = run.t0 + max(r.actual_send_s + (r.e2e_s or 0) for r in run.records)
-    shapes, times = step_cycles([s for s in steps if run.t0 <= s["t0"] <= end])
-    pred = sum(profile.step_time(s.prefill_tokens, s.decode_tokens, s.num_reqs, s.sum_context, s.prefill_attn) for s in shapes)
-    return pred / sum(times)
+    _, adds, steps = read_step_log(step_log)
+    cycles = step_cycles(steps, adds, run.t0, run_end(run))
+    pred = sum(cycle_time(profile, c.shape, arrivals=c.arrivals, new_shape=c.new_shape) for c in cycles)
+    return pred / sum(c.seconds for c in cycles)
+
+
+def run_end(run) -> float:
+    return run.t0 + max(r.actual_send_s + (r.e2e_s or 0) for r in run.records)

@@ -14,6 +14,13 @@ seconds of virtual time. Two models:
   prefill step takes ~6 ms against ~2 ms for a one-request decode step, which ``c0..c3`` alone
   cannot express.
 
+Two optional terms depend on the engine's state rather than on the batch, so the simulation loop
+applies them (``cycle_time`` below): ``arrival_s`` per request reaching the engine while the step
+runs (the API server and the engine's input thread take CPU from the forward pass on a machine
+whose cores they share) and ``new_shape_s_per_token`` per scheduled token of a step whose token
+count the engine has never run before (vLLM's CPU backend builds kernels per shape: measured 2×
+the per-token cost of a shape seen before). Both are 0 for the roofline presets.
+
 Both also carry the fixed client-side latencies a real server adds outside engine steps
 (HTTP, tokenization, detokenization, streaming): ``request_latency_in_s`` from the client's send to
 the engine seeing the request, ``request_latency_out_s`` from a step's end to the client seeing its
@@ -64,12 +71,26 @@ class StepTimeModel(Protocol):
     name: str
     request_latency_in_s: float
     request_latency_out_s: float
+    # Optional (read with getattr, default 0): per request reaching the engine during a step, and
+    # per token of a step whose token count the engine runs for the first time. See ``cycle_time``.
+    # arrival_s: float
+    # new_shape_s_per_token: float
 
     def step_time(self, prefill_tokens: int, decode_tokens: int, num_reqs: int, sum_context: int, prefill_attn: int) -> float:
         """Seconds one engine step takes for this batch shape."""
         ...
 
     def to_dict(self) -> dict[str, Any]: ...
+
+
+def cycle_time(model: StepTimeModel, shape: BatchShape, *, arrivals: int = 0, new_shape: bool = False) -> float:
+    """A step's duration with the engine-state terms: ``arrivals`` requests reached the engine while
+    it ran, ``new_shape`` = its token count is run for the first time since the server started."""
+    t = model.step_time(shape.prefill_tokens, shape.decode_tokens, shape.num_reqs, shape.sum_context, shape.prefill_attn)
+    t += getattr(model, "arrival_s", 0.0) * arrivals
+    if new_shape:
+        t += getattr(model, "new_shape_s_per_token", 0.0) * (shape.prefill_tokens + shape.decode_tokens)
+    return t
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,13 +229,16 @@ FEATURES = ("prefill_tokens", "decode_tokens", "sum_context")
 
 @dataclass
 class LinearModel:
-    """t = c0 + c1·prefill_tokens + c2·decode_tokens + c3·Σcontext + c4·[prefill_tokens > 0]."""
+    """t = c0 + c1·prefill_tokens + c2·decode_tokens + c3·Σcontext + c4·[prefill_tokens > 0]
+    (+ c5·requests arriving during the step + c6·tokens of a step of a never-run token count)."""
 
     c0: float
     c1: float
     c2: float
     c3: float
     c4: float = 0.0
+    c5: float = 0.0
+    c6: float = 0.0
     name: str = "linear"
     request_latency_in_s: float = 0.0
     request_latency_out_s: float = 0.0
@@ -226,13 +250,22 @@ class LinearModel:
     block_size: int = 16
     meta: dict[str, Any] = field(default_factory=dict)  # where/how it was measured, fit quality
 
+    @property
+    def arrival_s(self) -> float:
+        return self.c5
+
+    @property
+    def new_shape_s_per_token(self) -> float:
+        return self.c6
+
     def step_time(self, prefill_tokens: int, decode_tokens: int, num_reqs: int, sum_context: int, prefill_attn: int) -> float:
         t = self.c0 + self.c1 * prefill_tokens + self.c2 * decode_tokens + self.c3 * sum_context
         return t + self.c4 if prefill_tokens else t
 
     @classmethod
-    def fit(cls, shapes: list[BatchShape], times_s: list[float], *, prefill_step_term: bool = True,
-            trim_sigmas: float = 10.0, **kwargs: Any) -> "LinearModel":
+    def fit(cls, shapes: list[BatchShape], times_s: list[float], *, arrivals: list[int] | None = None,
+            new_shape: list[bool] | None = None, prefill_step_term: bool = True, trim_sigmas: float = 10.0,
+            **kwargs: Any) -> "LinearModel":
         """Least squares with non-negative coefficients (a negative cost per token is a fitting
         artefact of noisy timings; such coefficients are dropped and the rest refitted), robust to
         one-off stalls: steps more than ``trim_sigmas`` robust standard deviations (1.4826·MAD of
@@ -242,17 +275,24 @@ class LinearModel:
         descheduling the engine — and a few of them dominate a plain least-squares fit (r² 0.18 on
         a sweep whose typical steps a 5-term line fits with r² 0.8). The threshold is loose on
         purpose: the ordinary contention tail (steps 2× the median while the API server streams)
-        stays in, so the model's mean step time stays the server's."""
+        stays in, so the model's mean step time stays the server's.
+
+        ``arrivals`` (requests that reached the engine during each step) and ``new_shape`` (the
+        step's token count ran for the first time) fit ``c5`` and ``c6``; without them both stay 0."""
         import numpy as np
 
         if len(shapes) < 4:
             raise ValueError(f"need at least 4 measured steps to fit a linear step model, got {len(shapes)}")
-        x = np.array([[1.0, s.prefill_tokens, s.decode_tokens, s.sum_context, float(s.prefill_tokens > 0)]
-                      for s in shapes])  # fmt: skip
+        n = len(shapes)
+        arr = np.zeros(n) if arrivals is None else np.asarray(arrivals, dtype=float)
+        new = np.zeros(n) if new_shape is None else np.asarray(new_shape, dtype=float)
+        x = np.array([[1.0, s.prefill_tokens, s.decode_tokens, s.sum_context, float(s.prefill_tokens > 0), a,
+                       f * (s.prefill_tokens + s.decode_tokens)] for s, a, f in zip(shapes, arr, new)])  # fmt: skip
+        active = [0, 1, 2, 3] + [4] * prefill_step_term + [5] * (arrivals is not None) + [6] * (new_shape is not None)
         y = np.asarray(times_s, dtype=float)
         keep = np.ones(len(y), dtype=bool)
         for _ in range(10):
-            full = _nonneg_lstsq(x[keep], y[keep], [0, 1, 2, 3, 4] if prefill_step_term else [0, 1, 2, 3])
+            full = _nonneg_lstsq(x[keep], y[keep], active)
             resid = y - x @ full
             mid = np.median(resid[keep])
             sigma = 1.4826 * float(np.median(np.abs(resid[keep] - mid)))
@@ -354,7 +394,7 @@ def load_step_model(spec: "str | dict[str, Any] | StepTimeModel") -> StepTimeMod
             hw = Hardware(**{**asdict(hw), **hw_fields})
         return RooflineModel(hw, **data)
     if kind == "linear":
-        missing = [c for c in ("c0", "c1", "c2", "c3") if c not in data]  # c4 is optional
+        missing = [c for c in ("c0", "c1", "c2", "c3") if c not in data]  # c4..c6 are optional
         if missing:
             raise ValueError(f"linear step model is missing coefficients {missing}")
         return LinearModel(**data)

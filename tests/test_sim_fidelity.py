@@ -80,7 +80,8 @@ def test_calibrated_sim_matches_real_server_on_heldout_workload(real):
     assert p.meta["num_steps"] > 100 and p.c0 > 0
     real_m = real_summary(cal.runs[1], cal.step_log)
     real_again = real_summary(real["again_run"], cal.step_log)
-    sim = simulate(real["heldout"], model_dir=real["model_dir"], step_model=p, **sim_kwargs(p))
+    kw = sim_kwargs(p, cal.runs[1], cal.step_log)
+    sim = simulate(real["heldout"], model_dir=real["model_dir"], step_model=p, **kw)
     cmp, self_cmp = Comparison(real_m, sim.summary), Comparison(real_m, real_again)
     print("\nsim vs real\n" + cmp.table() + "\nreal vs real (same workload, fresh prompts)\n" + self_cmp.table())
     print(f"step model on the held-out replay's own steps: predicted/measured {step_model_ratio(p, cal.runs[1], cal.step_log):.3f}")
@@ -94,8 +95,8 @@ def test_calibrated_sim_matches_real_server_on_heldout_workload(real):
     assert abs(sim.summary[pre] - real_m[pre]) <= max(3, 2 * abs(real_again[pre] - real_m[pre]))
 
     # The check can fail: the same sim with every step twice as long is out of tolerance.
-    slow = dataclasses.replace(p, c0=2 * p.c0, c1=2 * p.c1, c2=2 * p.c2, c3=2 * p.c3, c4=2 * p.c4)
-    slow_sim = simulate(real["heldout"], model_dir=real["model_dir"], step_model=slow, **sim_kwargs(p))
+    slow = dataclasses.replace(p, **{f"c{k}": 2 * getattr(p, f"c{k}") for k in range(7)})
+    slow_sim = simulate(real["heldout"], model_dir=real["model_dir"], step_model=slow, **kw)
     slow_err = Comparison(real_m, slow_sim.summary).rel_err("tpot_ms_p50")
     print(f"step model 2x slower: tpot_ms_p50 error {slow_err:.1%}")
     assert slow_err > tols["tpot_ms_p50"]

@@ -121,6 +121,42 @@ def test_linear_fit_recovers_coefficients():
     assert fit.meta["r2"] == pytest.approx(1.0)
 
 
+def test_linear_fit_recovers_engine_state_terms():
+    import numpy as np
+
+    from simulator.step_model import cycle_time
+
+    rng = np.random.default_rng(1)
+    shapes = [BatchShape(int(p) * (i % 2), int(d), int(d) + 1, int(c)) for i, (p, d, c) in enumerate(rng.integers(0, 900, (300, 3)))]
+    arrivals, new = rng.integers(0, 3, 300).tolist(), (rng.random(300) < 0.3).tolist()
+    true = LinearModel(1e-3, 2e-5, 3e-5, 4e-8, 5e-3, c5=4e-4, c6=1e-5)
+    times = [cycle_time(true, s, arrivals=a, new_shape=f) for s, a, f in zip(shapes, arrivals, new)]
+    fit = LinearModel.fit(shapes, times, arrivals=arrivals, new_shape=new)
+    assert [fit.c5, fit.c6] == pytest.approx([4e-4, 1e-5], rel=1e-6)
+    assert LinearModel.fit(shapes, times).c5 == 0.0  # terms only fitted when their data is given
+
+
+def test_first_run_of_a_token_count_costs_once_and_warm_counts_do_not(tiny):
+    # One request at a time, the same prompt length: every prefill step has the same token count.
+    trace = [Request(f"r{i}", 0.5 * i, 100, 4) for i in range(4)]
+    base = LinearModel(c0=1e-3, c1=1e-5, c2=1e-4, c3=0.0, num_gpu_blocks=256)
+    slow_first = dataclasses.replace(base, c6=1e-4)  # +10 ms for a never-run 100-token step
+    ttft = lambda m, **kw: [r.ttft_s for r in simulate(trace, model_dir=tiny, step_model=m, **kw).records]  # noqa: E731
+    plain, cold, warm = ttft(base), ttft(slow_first), ttft(slow_first, warm_num_tokens={1, 100})
+    assert cold[0] == pytest.approx(plain[0] + 0.01) and cold[1:] == pytest.approx(plain[1:])
+    assert warm == pytest.approx(plain)
+
+
+def test_requests_arriving_during_a_step_slow_it(tiny):
+    # Request b arrives while a's prefill runs: with c5 that step (a's first token) takes longer.
+    trace = [Request("a", 0.0, 200, 3), Request("b", 0.001, 20, 3), Request("c", 1.0, 200, 3)]
+    base = LinearModel(c0=1e-3, c1=1e-5, c2=1e-4, c3=0.0, num_gpu_blocks=256)
+    busy = dataclasses.replace(base, c5=5e-3)
+    plain, slowed = (simulate(trace, model_dir=tiny, step_model=m).records for m in (base, busy))
+    assert slowed[0].ttft_s == pytest.approx(plain[0].ttft_s + 5e-3)
+    assert slowed[2].ttft_s == pytest.approx(plain[2].ttft_s)  # nobody arrived during c's steps
+
+
 def test_profile_round_trip(tmp_path):
     path = LINEAR.save(tmp_path / "p.yaml")
     loaded = load_step_model(f"linear:{path}")
