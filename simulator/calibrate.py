@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -33,9 +34,17 @@ STEP_TIMER_CLS = "simulator.step_timer.StepTimingScheduler"
 DEFAULT_SERVER_ARGS = ("--max-num-seqs", "32", "--max-num-batched-tokens", "1024")
 
 
-def sweep_workload(seed: int = 0) -> list[list[Request]]:
-    """Phases of the calibration sweep, each replayed after the previous one drained."""
+def sweep_workload(seed: int = 0, *, sustained: bool = True) -> list[list[Request]]:
+    """Phases of the calibration sweep, each replayed after the previous one drained.
+
+    Bursts of 1-32 simultaneous requests × short/long prompts cover the batch sizes; a 40 req/s
+    Poisson mix batches prefill chunks with decodes of varied context; four sustained phases
+    (gamma arrivals, cv 1.5, alternately 10 and 30 req/s, lognormal lengths; ~3.5 s each)
+    sample steps over seconds of steady serving: on a shared 2-core machine the same batch shape
+    runs up to 2× slower in one 50-ms burst than in another, and only long phases average that."""
     import numpy as np
+
+    from workloads.synthetic import synthetic
 
     rng = np.random.default_rng(seed)
     phases: list[list[Request]] = []
@@ -48,6 +57,11 @@ def sweep_workload(seed: int = 0) -> list[list[Request]]:
         Request(f"cal-mix-{i}", float(t[i]), int(rng.integers(16, 700)), int(rng.integers(4, 80)))
         for i in range(60)
     ])  # fmt: skip
+    if sustained:
+        for k, (n, rate) in enumerate(((35, 10.0), (100, 30.0), (35, 10.0), (100, 30.0))):
+            trace = synthetic(n, rate, arrival="gamma", cv=1.5, prompt_len={"dist": "lognormal", "mean": 200, "sigma": 0.8, "max": 900},
+                              output_len={"dist": "lognormal", "mean": 48, "sigma": 0.8, "max": 200}, seed=seed + 100 + k)  # fmt: skip
+            phases.append([dataclasses.replace(r, request_id=f"cal-s{k}-{r.request_id}") for r in trace])
     return phases
 
 
@@ -204,12 +218,12 @@ def request_latencies(runs: Sequence[RealRun], adds: list[dict], steps: list[dic
 
 
 def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, meta: dict | None = None,
-                t_start: float = float("-inf"), t_end: float = float("inf")) -> LinearModel:
-    """Fit on the steps logged in [``t_start``, ``t_end``) (the measured sweep; other steps belong
-    to the warm-up pass or other workloads)."""
+                windows: Sequence[tuple[float, float]] = ((float("-inf"), float("inf")),)) -> LinearModel:
+    """Fit on the steps logged in the time ``windows`` (those of the measured sweep's replays;
+    other steps belong to the warm-up pass or other workloads)."""
     config, adds, steps = read_step_log(step_log)
-    cycles = step_cycles(steps, adds, t_start, t_end)
-    steps = [s for s in steps if s["t0"] >= t_start]
+    cycles = [c for lo, hi in windows for c in step_cycles(steps, adds, lo, hi)]
+    steps = [s for s in steps if s["t0"] >= min(lo for lo, _ in windows)]
     # Latencies from requests sent one at a time or at a Poisson rate: in bursts of 32 simultaneous
     # requests the API server's own queueing would inflate them.
     lat_in, lat_out = request_latencies([r for r in runs if len(r.requests) == 1 or r.requests[-1].arrival_s > 0],
@@ -243,15 +257,16 @@ def calibrate(
     policy_args: dict | None = None,
     seed: int = 0,
 ) -> Calibration:
-    """Start a timed server, replay the sweep (then ``extra_workloads`` on the same server), fit.
+    """Start a timed server, replay the sweep, fit.
 
-    Also returns the runs of ``extra_workloads`` (e.g. a held-out fidelity workload, measured on
-    the same server start to save one start-up) and the step log.
+    ``extra_workloads`` (e.g. a held-out fidelity workload, measured on the same server start to
+    save one start-up) are replayed in order, spread evenly between the measured sweep's phases:
+    on a shared machine the engine's speed drifts by up to ±20% over ~10 s, and interleaving lets
+    the fitted steps and the extra replays sample the same stretch of it. Returns their runs too,
+    and the step log.
     """
     from orchestrator.server import VLLMServer
     from workloads.prompts import materialize
-
-    import dataclasses
 
     phases = sweep_workload(seed)
     for p in (*phases, *extra_workloads):
@@ -259,8 +274,10 @@ def calibrate(
     # The sweep is replayed twice and only the second pass is fitted: on a fresh server the CPU
     # backend is still building kernels and buffers for batch shapes it has not seen (measured:
     # decode steps of the cold sweep 20-60% slower than the same shapes later), and the simulator
-    # models a warm server. The warm-up pass has its own prompts (no prefix-cache hits).
-    warmup = [[dataclasses.replace(r, request_id="w" + r.request_id, prompt=None, prompt_token_ids=None) for r in p] for p in phases]
+    # models a warm server. The warm-up pass has its own prompts (no prefix-cache hits) and leaves
+    # out the long sustained phases (the fit's first-run term covers the shapes only they bring).
+    warmup = [[dataclasses.replace(r, request_id="w" + r.request_id, prompt=None, prompt_token_ids=None) for r in p]
+              for p in sweep_workload(seed, sustained=False)]  # fmt: skip
     for p in warmup:
         materialize(p, model_dir, seed=seed + 1)
     log = Path(tempfile.mkdtemp(prefix="schedlab-calib-")) / "steps.jsonl"
@@ -272,14 +289,20 @@ def calibrate(
     with VLLMServer(model_dir, extra_args=args, env={ENV_VAR: str(log)}) as server:
         for p in warmup:
             replay(server.url, server.model_name, p)
-        sweep_start = time.perf_counter()
-        sweep_runs = [replay(server.url, server.model_name, p) for p in phases]
-        sweep_end = time.perf_counter()
-        extra_runs = [replay(server.url, server.model_name, w) for w in extra_workloads]
+        # Extra workload j goes after the phase where (j+1)/(m+1) of the sweep's time has passed.
+        ends = np.cumsum([max(r.arrival_s for r in p) + 0.5 for p in phases])
+        after = [int(np.searchsorted(ends, (j + 1) / (len(extra_workloads) + 1) * ends[-1])) + 1
+                 for j in range(len(extra_workloads))]  # fmt: skip
+        sweep_runs, extra_runs, windows = [], [], []
+        for i, p in enumerate(phases, 1):
+            start = time.perf_counter()
+            sweep_runs.append(replay(server.url, server.model_name, p))
+            windows.append((start, time.perf_counter()))
+            extra_runs += [replay(server.url, server.model_name, w) for w, a in zip(extra_workloads, after) if a == i]
         time.sleep(0.5)  # the step log is flushed when the engine goes idle
     meta = {"model_dir": str(model_dir), "server_args": list(server_args), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "num_requests": sum(len(p) for p in phases)}  # fmt: skip
-    return Calibration(fit_profile(sweep_runs, log, name=name, meta=meta, t_start=sweep_start, t_end=sweep_end), extra_runs, log)
+    return Calibration(fit_profile(sweep_runs, log, name=name, meta=meta, windows=windows), extra_runs, log)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -2,8 +2,12 @@
 
 One real-server start: calibrate on the sweep (``simulator.calibrate``), then replay a held-out
 workload — different arrival process, lengths and seed than anything in the sweep — on the same
-server. The simulator then replays the held-out workload with the fitted profile and the engine
-limits the server reported, and the two are compared on client-side metrics.
+server: once to warm it up, then ``HELDOUT_REPLAYS`` times (fresh prompts each time). The real
+metrics pool those replays (percentiles over all their requests, throughput over their summed
+durations): on a shared 2-core machine one replay's step times drift by up to ±20% with the
+machine's speed over ~10 s, which a single short replay cannot tell from a model error. The
+simulator replays the same workload as often (one latency-sampling seed each) with the fitted
+profile and the engine limits the server reported, pooled the same way.
 """
 
 from __future__ import annotations
@@ -18,12 +22,54 @@ from workloads.trace import Request
 # put the held-out workload under KV pressure, so preemptions are compared too.
 SERVER_ARGS = ("--max-num-seqs", "32", "--max-num-batched-tokens", "1024", "--num-gpu-blocks-override", "40")
 METRICS = ("output_token_throughput", "ttft_ms_p50", "ttft_ms_p90", "tpot_ms_p50", "server_num_preemptions")
+HELDOUT_REPLAYS = 3
 
 
 def heldout_workload(num_requests: int = 80, rate: float = 24.0, seed: int = 1) -> list[Request]:
     from workloads.synthetic import synthetic
 
     return list(synthetic(num_requests, rate, prompt_len="uniform:64:512", output_len="uniform:16:128", seed=seed))
+
+
+def heldout_replays(replays: int = HELDOUT_REPLAYS, **kwargs: Any) -> list[list[Request]]:
+    """1 + ``replays`` copies of the held-out workload with their own request ids (and so their
+    own prompts once materialized: no prefix-cache hits across copies); the first warms up."""
+    import dataclasses
+
+    base = heldout_workload(**kwargs)
+    return [[dataclasses.replace(r, request_id=f"h{k}-{r.request_id}") for r in base] for k in range(replays + 1)]
+
+
+def pooled_summary(record_lists: list[list], preemptions: list[float] | None = None) -> dict[str, float]:
+    """``summarize`` over the records of several replays of one workload: latency percentiles
+    over all their requests, throughput over the sum of their durations; mean preemptions."""
+    from workloads.metrics import summarize
+
+    duration = sum(summarize(recs)["duration_s"] for recs in record_lists)
+    out = summarize([r for recs in record_lists for r in recs], duration_s=duration)
+    if preemptions is not None:
+        out["server_num_preemptions"] = sum(preemptions) / len(preemptions)
+    return out
+
+
+def real_pooled(runs: list, step_log: str | Path) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """(pooled metrics of ``runs``, each run's own metrics) of a real server."""
+    each = [real_summary(run, step_log) for run in runs]
+    return pooled_summary([run.records for run in runs], [m["server_num_preemptions"] for m in each]), each
+
+
+def sim_pooled(requests: list[Request], model_dir, profile, replays: int = HELDOUT_REPLAYS, **kwargs: Any) -> dict[str, float]:
+    """The simulator's metrics of ``replays`` runs of ``requests`` (seeds 0.., i.e. their own
+    front-end latency draws), pooled as ``real_pooled``."""
+    from simulator import simulate
+
+    res = [simulate(requests, model_dir=model_dir, step_model=profile, seed=k, **kwargs) for k in range(replays)]
+    return pooled_summary([r.records for r in res], [float(r.num_preemptions) for r in res])
+
+
+def self_spread(pooled: dict[str, float], each: list[dict[str, float]]) -> dict[str, float]:
+    """Per metric, the largest relative distance of one real replay from the pool."""
+    return {m: max(Comparison(pooled, e).rel_err(m) for e in each) for m in METRICS}
 
 
 def sim_kwargs(profile, run=None, step_log: str | Path | None = None) -> dict[str, Any]:
