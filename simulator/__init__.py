@@ -104,7 +104,7 @@ def simulate(
     make_req = engine_request_factory(block_size=block_size, max_model_len=max_model_len)
     latencies = request_latencies(step_model, len(trace), seed)
     loop = run_loop(sched, trace, make_req, step_model, latencies=latencies, warm_num_tokens=warm_num_tokens,
-                    seed=seed, on_progress=on_progress)
+                    on_progress=on_progress)
 
     ts = pd.DataFrame(
         {

@@ -58,7 +58,6 @@ def run_loop(
     *,
     latencies: tuple[Sequence[float], Sequence[float]] | None = None,
     warm_num_tokens: Iterable[int] = (),
-    seed: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
     progress_every_steps: int = 2000,
 ) -> LoopResult:
@@ -67,8 +66,7 @@ def run_loop(
     ``latencies`` = per-request (client → engine, engine → client) front-end delays, aligned with
     ``trace`` (default: the step model's constants). ``warm_num_tokens``: step token counts the
     engine has already run (for a step model with a first-run cost per shape; default: none, a
-    freshly started server). A step model with ``step_noise_quantiles`` has each step multiplied
-    by a draw from them (seeded by ``seed``).
+    freshly started server).
 
     ``make_engine_request(trace_request, engine_arrival_s)`` builds the vLLM ``Request``, or
     raises ``ValueError`` for a request the server would reject (recorded as HTTP 400).
@@ -85,7 +83,6 @@ def run_loop(
     arrival_cost = getattr(step_model, "arrival_s", 0.0)
     new_shape_cost = getattr(step_model, "new_shape_s_per_token", 0.0)
     seen_num_tokens = set(warm_num_tokens)
-    noise = _noise_draws(getattr(step_model, "step_noise_quantiles", None), seed)
     by_id = {r.request_id: r for r in trace}
     token_times: dict[str, list[float]] = {}
     records: list[RequestRecord] = []
@@ -141,8 +138,6 @@ def run_loop(
                     dt += new_shape_cost * num_tokens
             if arrival_cost and i < n:
                 dt += arrival_cost * (bisect_left(engine_t, t + dt, i) - i)
-            if noise is not None:
-                dt *= next(noise)
             t += dt
             out = ModelRunnerOutput(
                 req_ids=req_ids,
@@ -194,22 +189,6 @@ def run_loop(
         on_progress(num_done, n)
     records.sort(key=lambda rec: (rec.scheduled_send_s, rec.request_id))
     return LoopResult(records, log, num_preemptions, num_steps, pc_queries, pc_hits, t)
-
-
-def _noise_draws(quantiles: Sequence[float] | None, seed: int):
-    """An endless iterator of step-time multipliers drawn (inverse CDF) from ``quantiles``."""
-    if not quantiles:
-        return None
-    import numpy as np
-
-    rng = np.random.default_rng([seed, 11])
-    grid = np.linspace(0, 1, len(quantiles))
-
-    def draws():
-        while True:
-            yield from np.interp(rng.random(4096), grid, quantiles).tolist()
-
-    return draws()
 
 
 def _record(tr: TraceRequest, times: list[float], lat_out: float, *, status: int = 200,

@@ -246,10 +246,6 @@ class LinearModel:
     # calibration; when present, each simulated request draws its own latencies from them.
     latency_in_quantiles: list[float] = field(default_factory=list)
     latency_out_quantiles: list[float] = field(default_factory=list)
-    # Measured / predicted cycle of every calibration step (evenly spaced quantiles, stalls
-    # included): the simulator multiplies each step by a seeded draw from it, so step-time
-    # variability (and the TTFT tail it makes) is the server's, not a constant.
-    step_noise_quantiles: list[float] = field(default_factory=list)
     num_gpu_blocks: int | None = None  # KV blocks of the calibrated server, if known
     block_size: int = 16
     meta: dict[str, Any] = field(default_factory=dict)  # where/how it was measured, fit quality
@@ -310,8 +306,6 @@ class LinearModel:
         r2 = float(1 - ((yk - pk) ** 2).sum() / max(((yk - yk.mean()) ** 2).sum(), 1e-30))
         meta = {**kwargs.pop("meta", {}), "num_steps": len(shapes), "num_trimmed": int((~keep).sum()), "r2": r2,
                 "median_rel_err": rel_err, "mean_pred_over_measured": float(pk.mean() / yk.mean())}  # fmt: skip
-        # The trimmed stalls stay in the noise distribution: the real server has them too.
-        kwargs.setdefault("step_noise_quantiles", [float(q) for q in np.percentile(y / np.maximum(pred, 1e-9), np.linspace(0, 100, 101))])
         return cls(*map(float, full), meta=meta, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:

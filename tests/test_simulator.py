@@ -157,17 +157,6 @@ def test_requests_arriving_during_a_step_slow_it(tiny):
     assert slowed[2].ttft_s == pytest.approx(plain[2].ttft_s)  # nobody arrived during c's steps
 
 
-def test_step_noise_is_the_profiles_and_seeded(tiny):
-    trace = list(synthetic(30, 40.0, prompt_len="uniform:20:200", output_len="uniform:2:30", seed=5))
-    run = lambda m, seed=0: simulate(trace, model_dir=tiny, step_model=m, max_num_seqs=8, seed=seed).summary  # noqa: E731
-    alone = [Request(f"a{i}", float(i), 100, 10) for i in range(3)]  # one at a time: batches cannot change
-    twice = simulate(alone, model_dir=tiny, step_model=dataclasses.replace(LINEAR, step_noise_quantiles=[2.0, 2.0]))
-    once = simulate(alone, model_dir=tiny, step_model=LINEAR)
-    assert [r.e2e_s for r in twice.records] == pytest.approx([2 * r.e2e_s for r in once.records])
-    noisy = dataclasses.replace(LINEAR, step_noise_quantiles=[0.5, 1.0, 4.0])
-    assert run(noisy) == run(noisy) and run(noisy) != run(noisy, seed=1)
-
-
 def test_profile_round_trip(tmp_path):
     path = LINEAR.save(tmp_path / "p.yaml")
     loaded = load_step_model(f"linear:{path}")
