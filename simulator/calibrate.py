@@ -322,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     path = profile.save(Path(a.out_dir) / f"{name}.yaml")
     print(f"saved {path}")
     print(f"t = {profile.c0 * 1e3:.3f} ms + {profile.c1 * 1e6:.3f} us·prefill + {profile.c2 * 1e6:.3f} us·decode "
-          f"+ {profile.c3 * 1e9:.3f} ns·Σcontext + {profile.c4 * 1e3:.3f} ms·[prefill]  (r2={profile.meta['r2']:.3f}, "
+          f"+ {profile.c3 * 1e9:.3f} ns·Σcontext + {profile.c4 * 1e3:.3f} ms·[prefill] + {profile.c5 * 1e3:.3f} ms·arrival "
+          f"+ {profile.c6 * 1e6:.2f} us·new-shape token  (r2={profile.meta['r2']:.3f}, "
           f"median rel err {profile.meta['median_rel_err']:.1%}, {profile.meta['num_steps']} steps)")  # fmt: skip
     print(f"request latency in {profile.request_latency_in_s * 1e3:.2f} ms, out {profile.request_latency_out_s * 1e3:.2f} ms; "
           f"engine {profile.meta['engine']}")  # fmt: skip
