@@ -226,8 +226,11 @@ def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, met
     steps = [s for s in steps if s["t0"] >= min(lo for lo, _ in windows)]
     # Latencies from requests sent one at a time or at a Poisson rate: in bursts of 32 simultaneous
     # requests the API server's own queueing would inflate them.
-    lat_in, lat_out = request_latencies([r for r in runs if len(r.requests) == 1 or r.requests[-1].arrival_s > 0],
-                                        adds, steps)
+    # The sustained phases ("cal-s") are left out too: their gamma bursts at 30 req/s queue in the
+    # API server, and with them in the sim's TTFT p90 came out 2.4x the real one in one CI run.
+    quiet = [r for r in runs if (len(r.requests) == 1 or r.requests[-1].arrival_s > 0)
+             and not r.requests[0].request_id.startswith("cal-s")]  # fmt: skip
+    lat_in, lat_out = request_latencies(quiet, adds, steps)
     grid = np.linspace(0, 100, 21)
     return LinearModel.fit(
         [c.shape for c in cycles], [c.seconds for c in cycles], arrivals=[c.arrivals for c in cycles],
