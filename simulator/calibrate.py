@@ -220,17 +220,14 @@ def request_latencies(runs: Sequence[RealRun], adds: list[dict], steps: list[dic
 def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, meta: dict | None = None,
                 windows: Sequence[tuple[float, float]] = ((float("-inf"), float("inf")),)) -> LinearModel:
     """Fit on the steps logged in the time ``windows`` (those of the measured sweep's replays;
-    other steps belong to the warm-up pass or other workloads)."""
+    other steps belong to the warm-up pass or other workloads); front-end latencies from ``runs``."""
     config, adds, steps = read_step_log(step_log)
     cycles = [c for lo, hi in windows for c in step_cycles(steps, adds, lo, hi)]
     steps = [s for s in steps if s["t0"] >= min(lo for lo, _ in windows)]
     # Latencies from requests sent one at a time or at a Poisson rate: in bursts of 32 simultaneous
     # requests the API server's own queueing would inflate them.
-    # The sustained phases ("cal-s") are left out too: their gamma bursts at 30 req/s queue in the
-    # API server, and with them in the sim's TTFT p90 came out 2.4x the real one in one CI run.
-    quiet = [r for r in runs if (len(r.requests) == 1 or r.requests[-1].arrival_s > 0)
-             and not r.requests[0].request_id.startswith("cal-s")]  # fmt: skip
-    lat_in, lat_out = request_latencies(quiet, adds, steps)
+    lat_in, lat_out = request_latencies([r for r in runs if len(r.requests) == 1 or r.requests[-1].arrival_s > 0],
+                                        adds, steps)
     grid = np.linspace(0, 100, 21)
     return LinearModel.fit(
         [c.shape for c in cycles], [c.seconds for c in cycles], arrivals=[c.arrivals for c in cycles],
@@ -263,7 +260,7 @@ def calibrate(
     """Start a timed server, replay the sweep, fit.
 
     ``extra_workloads`` (e.g. a held-out fidelity workload, measured on the same server start to
-    save one start-up) are replayed in order, spread evenly between the measured sweep's phases:
+    save one start-up) are replayed in order between the measured sweep's phases, spread over its time:
     on a shared machine the engine's speed drifts by up to ±20% over ~10 s, and interleaving lets
     the fitted steps and the extra replays sample the same stretch of it. Returns their runs too,
     and the step log.
@@ -279,8 +276,9 @@ def calibrate(
     # decode steps of the cold sweep 20-60% slower than the same shapes later), and the simulator
     # models a warm server. The warm-up pass has its own prompts (no prefix-cache hits) and leaves
     # out the long sustained phases (the fit's first-run term covers the shapes only they bring).
+    quiet = sweep_workload(seed, sustained=False)  # phases[:len(quiet)]
     warmup = [[dataclasses.replace(r, request_id="w" + r.request_id, prompt=None, prompt_token_ids=None) for r in p]
-              for p in sweep_workload(seed, sustained=False)]  # fmt: skip
+              for p in quiet]  # fmt: skip
     for p in warmup:
         materialize(p, model_dir, seed=seed + 1)
     log = Path(tempfile.mkdtemp(prefix="schedlab-calib-")) / "steps.jsonl"
@@ -305,7 +303,10 @@ def calibrate(
         time.sleep(0.5)  # the step log is flushed when the engine goes idle
     meta = {"model_dir": str(model_dir), "server_args": list(server_args), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "num_requests": sum(len(p) for p in phases)}  # fmt: skip
-    return Calibration(fit_profile(sweep_runs, log, name=name, meta=meta, windows=windows), extra_runs, log)
+    # Front-end latencies from the quiet phases only: the sustained phases' gamma bursts at 30
+    # req/s queue in the API server (with them in, the sim's TTFT p90 came out 2.4x the real one).
+    profile = fit_profile(sweep_runs[: len(quiet)], log, name=name, meta=meta, windows=windows)
+    return Calibration(profile, extra_runs, log)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
