@@ -29,6 +29,7 @@ from simulator.step_model import (
     StepTimeModel,
     load_step_model,
     request_latencies,
+    step_noise,
 )
 from workloads.records import RequestRecord
 from workloads.trace import Request as TraceRequest
@@ -78,6 +79,9 @@ def simulate(
     ``warm_num_tokens``: step token counts the simulated server has already run, for a profile
     with a first-run cost per shape (``LinearModel.c6``, vLLM's CPU backend); by default the server
     is as freshly started, as every real experiment cell's is.
+
+    ``seed`` picks the prompts' token ids and, for a calibrated profile, each request's front-end
+    latencies and the steps' noise (``step_model.StepNoise``): same seed, same result.
     """
     from orchestrator.models import load_model_config
     from simulator.build import build_scheduler, engine_request_factory, materialize_prompts
@@ -104,7 +108,7 @@ def simulate(
     make_req = engine_request_factory(block_size=block_size, max_model_len=max_model_len)
     latencies = request_latencies(step_model, len(trace), seed)
     loop = run_loop(sched, trace, make_req, step_model, latencies=latencies, warm_num_tokens=warm_num_tokens,
-                    on_progress=on_progress)
+                    noise=step_noise(step_model, seed), on_progress=on_progress)
 
     ts = pd.DataFrame(
         {

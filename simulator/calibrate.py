@@ -218,26 +218,85 @@ def request_latencies(runs: Sequence[RealRun], adds: list[dict], steps: list[dic
 
 
 def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, meta: dict | None = None,
-                windows: Sequence[tuple[float, float]] = ((float("-inf"), float("inf")),)) -> LinearModel:
-    """Fit on the steps logged in the time ``windows`` (those of the measured sweep's replays;
-    other steps belong to the warm-up pass or other workloads); front-end latencies from ``runs``."""
+                windows: Sequence[tuple[float, float]] | None = None) -> LinearModel:  # fmt: skip
+    """Fit the step model on the steps logged while ``runs`` (the measured sweep's phases) were
+    replayed, ``windows[i]`` = (start, end) of ``runs[i]`` (default: the whole log, one run).
+
+    Front-end latencies and step noise come from the phases with timed arrivals (the Poisson mix
+    and the sustained phases: the load an experiment puts on a server): per phase, then the
+    median of each quantile over phases. Single requests (cold code paths: out-latency 5-7 ms
+    against ~1.5 ms under load) and simultaneous bursts (API-server queueing) are not what a
+    replayed trace sees, and the median over phases keeps one phase that a machine stall hit
+    (measured: 10x the usual latencies, sim TTFT p90 2.4x the real one) from setting the tail."""
     config, adds, steps = read_step_log(step_log)
-    cycles = [c for lo, hi in windows for c in step_cycles(steps, adds, lo, hi)]
+    if windows is None:
+        windows = [(float("-inf"), float("inf"))] * len(runs)
+    profile = _fit_linear(steps, adds, windows, name=name, meta={**(meta or {}), "engine": config},
+                         num_gpu_blocks=config.get("num_gpu_blocks"), block_size=config.get("block_size", 16))  # fmt: skip
     steps = [s for s in steps if s["t0"] >= min(lo for lo, _ in windows)]
-    # Latencies from requests sent one at a time or at a Poisson rate: in bursts of 32 simultaneous
-    # requests the API server's own queueing would inflate them.
-    lat_in, lat_out = request_latencies([r for r in runs if len(r.requests) == 1 or r.requests[-1].arrival_s > 0],
-                                        adds, steps)
+    loaded = [(r, w) for r, w in zip(runs, windows) if r.requests and r.requests[-1].arrival_s > 0] or list(zip(runs, windows))
     grid = np.linspace(0, 100, 21)
+    per_run = [request_latencies([r], adds, steps) for r, _ in loaded]
+    q_in = np.median([np.percentile(li, grid) for li, _ in per_run], axis=0)
+    q_out = np.median([np.percentile(lo, grid) for _, lo in per_run], axis=0)
+    ratios = [_cycle_ratios(profile, steps, adds, w) for _, w in loaded]
+    noise = fit_step_noise([r for r in ratios if len(r)])
+    return dataclasses.replace(
+        profile, request_latency_in_s=float(q_in[10]), request_latency_out_s=float(q_out[10]),
+        latency_in_quantiles=[float(x) for x in q_in], latency_out_quantiles=[float(x) for x in q_out], **noise,
+    )  # fmt: skip
+
+
+def _fit_linear(steps: list[dict], adds: list[dict], windows: Sequence[tuple[float, float]], *, name: str,
+               **kwargs: Any) -> LinearModel:  # fmt: skip
+    cycles = [c for lo, hi in windows for c in step_cycles(steps, adds, lo, hi)]
     return LinearModel.fit(
         [c.shape for c in cycles], [c.seconds for c in cycles], arrivals=[c.arrivals for c in cycles],
-        new_shape=[c.new_shape for c in cycles], name=f"linear:{name}",
-        request_latency_in_s=statistics.median(lat_in), request_latency_out_s=statistics.median(lat_out),
-        latency_in_quantiles=[float(x) for x in np.percentile(lat_in, grid)],
-        latency_out_quantiles=[float(x) for x in np.percentile(lat_out, grid)],
-        num_gpu_blocks=config.get("num_gpu_blocks"), block_size=config.get("block_size", 16),
-        meta={**(meta or {}), "engine": config},
+        new_shape=[c.new_shape for c in cycles], name=f"linear:{name}", **kwargs,
     )  # fmt: skip
+
+
+def _cycle_ratios(profile: LinearModel, steps: list[dict], adds: list[dict], window: tuple[float, float]) -> np.ndarray:
+    """Measured / predicted cycle of each busy step in ``window``, in time order."""
+    from simulator.step_model import cycle_time
+
+    cycles = step_cycles(steps, adds, *window)
+    return np.array([c.seconds / cycle_time(profile, c.shape, arrivals=c.arrivals, new_shape=c.new_shape) for c in cycles])
+
+
+def fit_step_noise(ratio_runs: Sequence[np.ndarray], num_quantiles: int = 101, max_lag: int = 40) -> dict[str, Any]:
+    """``LinearModel`` noise fields from per-phase series of measured/predicted step ratios.
+
+    Quantiles: 0.5-99.5 % (one-off extremes left out), scaled to mean 1. Correlation: the
+    autocorrelation of the ratios' normal scores over lags 1..``max_lag``, fitted as
+    ``w·phi^lag`` (a slow AR(1) part of weight ``w`` plus independent jitter); on the CPU box
+    w ≈ 0.3, phi ≈ 0.97 (lag-1 correlation 0.2-0.4, still 0.1-0.2 after 20 steps)."""
+    from statistics import NormalDist
+
+    if not ratio_runs:
+        return {}
+    q = np.percentile(np.concatenate(ratio_runs), np.linspace(0, 100, num_quantiles))
+    q = q / float(((q[:-1] + q[1:]) / 2).mean())  # mean of the piecewise-linear quantile function
+    inv = NormalDist().inv_cdf
+    lags = np.arange(1, max_lag + 1)
+    num, den = np.zeros(max_lag), 0.0
+    for r in ratio_runs:
+        if len(r) <= 2 * max_lag:
+            continue
+        g = np.array([inv((k + 0.5) / len(r)) for k in np.argsort(np.argsort(r))])
+        num += np.array([g[:-k] @ g[k:] / (len(g) - k) for k in lags])
+        den += float(g @ g) / len(g)
+    phi, w = 0.0, 0.0
+    if den > 0:
+        acf = num / den
+        best = float("inf")
+        for cand in np.linspace(0.5, 0.999, 500):
+            x = cand**lags
+            cw = min(1.0, max(0.0, float(acf @ x / (x @ x))))
+            err = float(((acf - cw * x) ** 2).sum())
+            if err < best:
+                best, phi, w = err, float(cand), cw
+    return {"noise_quantiles": [float(x) for x in q], "noise_phi": phi, "noise_slow_weight": w}
 
 
 @dataclass
@@ -245,6 +304,7 @@ class Calibration:
     profile: LinearModel
     runs: list[RealRun]  # replays of ``extra_workloads``
     step_log: Path
+    sweep_runs: list[RealRun] = dataclasses.field(default_factory=list)  # the measured sweep's phases
 
 
 def calibrate(
@@ -303,10 +363,8 @@ def calibrate(
         time.sleep(0.5)  # the step log is flushed when the engine goes idle
     meta = {"model_dir": str(model_dir), "server_args": list(server_args), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "num_requests": sum(len(p) for p in phases)}  # fmt: skip
-    # Front-end latencies from the quiet phases only: the sustained phases' gamma bursts at 30
-    # req/s queue in the API server (with them in, the sim's TTFT p90 came out 2.4x the real one).
-    profile = fit_profile(sweep_runs[: len(quiet)], log, name=name, meta=meta, windows=windows)
-    return Calibration(profile, extra_runs, log)
+    profile = fit_profile(sweep_runs, log, name=name, meta=meta, windows=windows)
+    return Calibration(profile, extra_runs, log, sweep_runs)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -331,6 +389,10 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"median rel err {profile.meta['median_rel_err']:.1%}, {profile.meta['num_steps']} steps)")  # fmt: skip
     print(f"request latency in {profile.request_latency_in_s * 1e3:.2f} ms, out {profile.request_latency_out_s * 1e3:.2f} ms; "
           f"engine {profile.meta['engine']}")  # fmt: skip
+    if profile.noise_quantiles:
+        q = profile.noise_quantiles
+        print(f"step noise (measured/predicted, mean 1): p50 {q[len(q) // 2]:.2f}, max {q[-1]:.2f}; "
+              f"slow part {profile.noise_slow_weight:.2f} of the variance, phi {profile.noise_phi:.3f} per step")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def run_loop(
     *,
     latencies: tuple[Sequence[float], Sequence[float]] | None = None,
     warm_num_tokens: Iterable[int] = (),
+    noise: Callable[[], float] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     progress_every_steps: int = 2000,
 ) -> LoopResult:
@@ -66,7 +67,7 @@ def run_loop(
     ``latencies`` = per-request (client → engine, engine → client) front-end delays, aligned with
     ``trace`` (default: the step model's constants). ``warm_num_tokens``: step token counts the
     engine has already run (for a step model with a first-run cost per shape; default: none, a
-    freshly started server).
+    freshly started server). ``noise()``: a multiplier per busy step (``step_model.StepNoise``).
 
     ``make_engine_request(trace_request, engine_arrival_s)`` builds the vLLM ``Request``, or
     raises ``ValueError`` for a request the server would reject (recorded as HTTP 400).
@@ -136,6 +137,8 @@ def run_loop(
                 if num_tokens not in seen_num_tokens:
                     seen_num_tokens.add(num_tokens)
                     dt += new_shape_cost * num_tokens
+            if noise is not None:
+                dt *= noise()
             if arrival_cost and i < n:
                 dt += arrival_cost * (bisect_left(engine_t, t + dt, i) - i)
             t += dt

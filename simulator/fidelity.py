@@ -6,8 +6,8 @@ server: once to warm it up, then ``HELDOUT_REPLAYS`` times (fresh prompts each t
 metrics pool those replays (percentiles over all their requests, throughput over their summed
 durations): on a shared 2-core machine one replay's step times drift by up to ±20% with the
 machine's speed over ~10 s, which a single short replay cannot tell from a model error. The
-simulator replays the same workload as often (one latency-sampling seed each) with the fitted
-profile and the engine limits the server reported, pooled the same way.
+simulator replays the same workload ``SIM_RUNS`` times (one seed each: front-end latencies and
+step noise) with the fitted profile and the engine limits the server reported, pooled the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from workloads.trace import Request
 # put the held-out workload under KV pressure, so preemptions are compared too.
 SERVER_ARGS = ("--max-num-seqs", "32", "--max-num-batched-tokens", "1024", "--num-gpu-blocks-override", "40")
 METRICS = ("output_token_throughput", "ttft_ms_p50", "ttft_ms_p90", "tpot_ms_p50", "server_num_preemptions")
-HELDOUT_REPLAYS = 3
+HELDOUT_REPLAYS = 5
+# Simulated runs pooled (one seed each: front-end latency draws and step noise). A sim run takes
+# ~0.15 s, so many runs make the sim side of the comparison its expected value.
+SIM_RUNS = 12
 
 
 def heldout_workload(num_requests: int = 80, rate: float = 24.0, seed: int = 1) -> list[Request]:
@@ -58,12 +61,20 @@ def real_pooled(runs: list, step_log: str | Path) -> tuple[dict[str, float], lis
     return pooled_summary([run.records for run in runs], [m["server_num_preemptions"] for m in each]), each
 
 
-def sim_pooled(requests: list[Request], model_dir, profile, replays: int = HELDOUT_REPLAYS, **kwargs: Any) -> dict[str, float]:
-    """The simulator's metrics of ``replays`` runs of ``requests`` (seeds 0.., i.e. their own
-    front-end latency draws), pooled as ``real_pooled``."""
+def real_pooled_unstalled(runs: list) -> tuple[dict[str, float], int]:
+    """Pooled metrics of ``runs`` without the requests whose timings include a client stall
+    (``RequestRecord.client_stall_s``: the load generator's own process stood still), and how many
+    were left out. Shows how much of a TTFT-tail error is the measuring machine's."""
+    kept = [[r for r in run.records if r.client_stall_s == 0] for run in runs]
+    return pooled_summary(kept), sum(len(run.records) - len(k) for run, k in zip(runs, kept))
+
+
+def sim_pooled(requests: list[Request], model_dir, profile, runs: int = SIM_RUNS, **kwargs: Any) -> dict[str, float]:
+    """The simulator's metrics of ``runs`` runs of ``requests`` (seeds 0.., i.e. their own
+    front-end latency and step-noise draws), pooled as ``real_pooled``."""
     from simulator import simulate
 
-    res = [simulate(requests, model_dir=model_dir, step_model=profile, seed=k, **kwargs) for k in range(replays)]
+    res = [simulate(requests, model_dir=model_dir, step_model=profile, seed=k, **kwargs) for k in range(runs)]
     return pooled_summary([r.records for r in res], [float(r.num_preemptions) for r in res])
 
 

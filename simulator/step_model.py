@@ -29,9 +29,10 @@ token. They are measured during calibration and are 0 for the roofline presets.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import yaml
 
@@ -246,6 +247,12 @@ class LinearModel:
     # calibration; when present, each simulated request draws its own latencies from them.
     latency_in_quantiles: list[float] = field(default_factory=list)
     latency_out_quantiles: list[float] = field(default_factory=list)
+    # Step-time noise measured during calibration (measured / predicted cycle under sustained
+    # load): evenly spaced quantiles of that ratio, scaled to mean 1, and its correlation over
+    # consecutive steps (``StepNoise``). Empty = every step takes exactly the predicted time.
+    noise_quantiles: list[float] = field(default_factory=list)
+    noise_phi: float = 0.0  # per-step AR(1) coefficient of the slow part (machine speed drifting)
+    noise_slow_weight: float = 0.0  # share of the variance (normal scores) in the slow part
     num_gpu_blocks: int | None = None  # KV blocks of the calibrated server, if known
     block_size: int = 16
     meta: dict[str, Any] = field(default_factory=dict)  # where/how it was measured, fit quality
@@ -352,6 +359,63 @@ def request_latencies(model: StepTimeModel, n: int, seed: int):
         else:
             out.append(np.full(n, float(const)))
     return out[0], out[1]
+
+
+class StepNoise:
+    """Per-step multipliers drawn from a calibrated profile's noise: a Gaussian copula onto the
+    measured ratio distribution (``noise_quantiles``), whose normal scores are a slow AR(1)
+    part (weight ``noise_slow_weight``, coefficient ``noise_phi``: the machine's speed drifting
+    over tens of steps) plus independent per-step jitter. Mean 1, so the expected step time
+    stays the fitted one; what changes is the spread a queue sees: on the 2-core CPU box the
+    median step runs at ~0.9x the fitted mean and one in a hundred at 2-2.5x, and queueing
+    turns that spread into TTFT tail the mean alone cannot produce."""
+
+    def __init__(self, quantiles: Sequence[float], phi: float, slow_weight: float, seed: int, chunk: int = 4096) -> None:
+        import numpy as np
+
+        self._q = np.asarray(quantiles, dtype=float)
+        self._grid = np.linspace(0.0, 1.0, len(self._q))
+        self._phi = min(max(float(phi), 0.0), 0.9999)
+        self._w = min(max(float(slow_weight), 0.0), 1.0)
+        self._rng = np.random.default_rng([seed, 13])
+        self._x = float(self._rng.standard_normal())  # the slow part starts in its stationary law
+        self._chunk = chunk
+        self._buf: list[float] = []
+        self._k = 0
+
+    def _refill(self) -> None:
+        import numpy as np
+
+        rng, phi, n = self._rng, self._phi, self._chunk
+        eta, jitter = rng.standard_normal(n), rng.standard_normal(n)
+        slow = np.empty(n)
+        x, c = self._x, math.sqrt(1.0 - phi * phi)
+        for t in range(n):
+            x = phi * x + c * eta[t]
+            slow[t] = x
+        self._x = x
+        g = math.sqrt(self._w) * slow + math.sqrt(1.0 - self._w) * jitter
+        u = 0.5 * (1.0 + _erf(g / math.sqrt(2.0)))
+        self._buf = np.interp(u, self._grid, self._q).tolist()
+        self._k = 0
+
+    def __call__(self) -> float:
+        if self._k >= len(self._buf):
+            self._refill()
+        self._k += 1
+        return self._buf[self._k - 1]
+
+
+def _erf(x):
+    import numpy as np
+
+    return np.frompyfunc(math.erf, 1, 1)(x).astype(float)
+
+
+def step_noise(model: StepTimeModel, seed: int) -> StepNoise | None:
+    """The profile's ``StepNoise`` (seeded), or None for a deterministic model."""
+    q = getattr(model, "noise_quantiles", None)
+    return StepNoise(q, model.noise_phi, model.noise_slow_weight, seed) if q else None
 
 
 def load_step_model(spec: "str | dict[str, Any] | StepTimeModel") -> StepTimeModel:

@@ -102,3 +102,28 @@ def test_multi_token_chunks_keep_one_gap_per_token():
     for r in recs:
         assert r.ok and r.output_tokens == 7 and len(r.itl_s) == 6
         assert r.itl_s[0] == r.itl_s[1] == 0.0 and r.itl_s[2] >= 0.004 and r.itl_s[3] == r.itl_s[4] == 0.0
+
+
+def test_client_stalls_are_measured_per_request():
+    # 20 requests 20 ms apart, each streaming for ~100 ms; the client's event loop is blocked for
+    # 150 ms when the 3rd completes: the requests in flight then carry the stall, the last ones
+    # (sent well after it) do not.
+    import time
+
+    reqs = [Request(f"r{i}", 0.02 * i, 8, 10, prompt_token_ids=list(range(3, 11))) for i in range(20)]
+    stalled_at = []
+
+    def block(done, total, in_flight):
+        if done == 3:
+            stalled_at.append(time.perf_counter())
+            time.sleep(0.15)
+
+    with InstantServer(itl_ms=10) as srv:
+        recs = replay(srv.url, "instant", reqs, on_progress=block)
+        clean = replay(srv.url, "instant", reqs)
+    assert stalled_at
+    hit = [r for r in recs if r.client_stall_s > 0]
+    assert 2 <= len(hit) < 20 and all(0.12 < r.client_stall_s < 0.2 for r in hit)
+    assert recs[-1].client_stall_s == 0.0  # sent after the stall
+    assert summarize(recs)["num_client_stalled"] == len(hit)
+    assert summarize(clean)["num_client_stalled"] == 0

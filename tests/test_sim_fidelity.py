@@ -4,13 +4,13 @@ Two server starts in all (run under ``flock /tmp/schedlab-vllm.lock``): one time
 is calibrated and replays the held-out and policy workloads between the sweep's phases, one sjf
 server for the policy workload.
 
-Tolerances are the real server's own noise, measured: on the 2-core dev machine one replay of the
-held-out workload differs from the pool of three by up to 2% in throughput, 16% in TTFT p50, 28%
-(one 119%) in TTFT p90 and 16% in TPOT p50, and separate calibrations of one machine predict its
-steps 0.9-1.1× — the machine's speed drifts by ±20% over seconds. The sim must be within a base
-tolerance above that (15% throughput, 35% TTFT p50 and TPOT p50, 50% TTFT p90), or within twice
-this run's replay spread if the machine is noisier, capped so that a step model 2× off always
-fails (checked below on the same data). docs/simulator.md has the measured errors.
+Tolerances: measured with step noise and load-phase latencies (4 runs on the 2-core dev machine)
+the sim was within 1.4% in throughput, 4% in TTFT p50, 15-19% in TTFT p90 (sim low) and 3.5% in
+TPOT p50, while one real replay differed from the pool of five by up to 2%, 27%, 40% and 53% —
+the machine's speed drifts by ±20% over seconds and its processes stall for 30-250 ms at random.
+The sim must be within a base tolerance (10% throughput, 20% TTFT p50 and TPOT p50, 35% TTFT
+p90), or within twice this run's replay spread if the machine is noisier, capped so that a step
+model 2× off always fails (checked below on the same data). docs/simulator.md has the numbers.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def real(tmp_path_factory):
     from workloads.prompts import materialize
 
     model_dir = write_model_dir("tiny", tmp_path_factory.mktemp("models"))
-    # The held-out workload 1 + 3 times (fresh prompts each: no prefix-cache hits across them),
+    # The held-out workload 1 + 5 times (fresh prompts each: no prefix-cache hits across them),
     # interleaved with the sweep: the first warms the server up (the CPU backend builds kernels
-    # for new batch shapes: TTFT p50 680 ms in a cold replay vs 14 ms warm); the other three are
+    # for new batch shapes: TTFT p50 680 ms in a cold replay vs 14 ms warm); the other five are
     # pooled, and how far one of them is from the pool is the real server's own spread.
     replays, pol = heldout_replays(), policy_workload()
     cal = calibrate(model_dir, name="test", server_args=SERVER_ARGS, extra_workloads=[*replays, pol])
@@ -57,10 +57,10 @@ def real(tmp_path_factory):
 
 # metric -> (base tolerance, cap on the noise-widened tolerance)
 TOLERANCES = {
-    "output_token_throughput": (0.15, 0.3),
-    "tpot_ms_p50": (0.35, 0.6),
-    "ttft_ms_p50": (0.35, 0.6),
-    "ttft_ms_p90": (0.50, 0.8),
+    "output_token_throughput": (0.10, 0.3),
+    "tpot_ms_p50": (0.20, 0.6),
+    "ttft_ms_p50": (0.20, 0.6),
+    "ttft_ms_p90": (0.35, 0.8),
 }
 
 
@@ -70,20 +70,25 @@ def _tolerance(metric: str, self_err: float) -> float:
 
 
 def test_calibrated_sim_matches_real_server_on_heldout_workload(real):
-    from simulator.fidelity import Comparison, real_pooled, self_spread, sim_kwargs, sim_pooled, step_model_ratio
+    from simulator.fidelity import (SIM_RUNS, Comparison, real_pooled, real_pooled_unstalled, self_spread, sim_kwargs,
+                                    sim_pooled, step_model_ratio)  # fmt: skip
 
     cal, measured = real["cal"], real["measured"]
     p = cal.profile
     assert p.meta["num_steps"] > 100 and p.c0 > 0
     real_m, each = real_pooled(measured, cal.step_log)
     kw = sim_kwargs(p, measured[0], cal.step_log)
-    sim = sim_pooled(real["replays"][0], real["model_dir"], p, len(measured), **kw)
+    sim = sim_pooled(real["replays"][0], real["model_dir"], p, **kw)
     cmp, spread = Comparison(real_m, sim), self_spread(real_m, each)
     print("\nsim vs real (pooled replays)\n" + cmp.table())
     print("one real replay vs the pool: " + ", ".join(f"{m} {v:.1%}" for m, v in spread.items()))
     print("step model on each replay's own steps, predicted/measured: "
           + " ".join(f"{step_model_ratio(p, run, cal.step_log):.3f}" for run in measured))  # fmt: skip
-    assert real_m["num_completed"] == sim["num_completed"] == len(measured) * len(real["replays"][0])
+    unstalled, left_out = real_pooled_unstalled(measured)
+    print(f"without the {left_out} real requests a client stall hit: "
+          + ", ".join(f"{m} {Comparison(unstalled, sim).rel_err(m):.1%}" for m in ("ttft_ms_p50", "ttft_ms_p90")))  # fmt: skip
+    n = len(real["replays"][0])
+    assert real_m["num_completed"] == len(measured) * n and sim["num_completed"] == SIM_RUNS * n
     assert real_m["tpot_ms_p50"] > 0.5  # tokens streamed one by one, not in a burst
     tols = {m: _tolerance(m, spread[m]) for m in TOLERANCES}
     bad = {m: f"{cmp.rel_err(m):.1%} > {tol:.0%}" for m, tol in tols.items() if cmp.rel_err(m) > tol}
@@ -94,7 +99,7 @@ def test_calibrated_sim_matches_real_server_on_heldout_workload(real):
 
     # The check can fail: the same sim with every step twice as long is out of tolerance.
     slow = dataclasses.replace(p, **{f"c{k}": 2 * getattr(p, f"c{k}") for k in range(7)})
-    slow_err = Comparison(real_m, sim_pooled(real["replays"][0], real["model_dir"], slow, len(measured), **kw)).rel_err("tpot_ms_p50")
+    slow_err = Comparison(real_m, sim_pooled(real["replays"][0], real["model_dir"], slow, **kw)).rel_err("tpot_ms_p50")
     print(f"step model 2x slower: tpot_ms_p50 error {slow_err:.1%}")
     assert slow_err > tols["tpot_ms_p50"]
 

@@ -157,6 +157,57 @@ def test_requests_arriving_during_a_step_slow_it(tiny):
     assert slowed[2].ttft_s == pytest.approx(plain[2].ttft_s)  # nobody arrived during c's steps
 
 
+def _normal_scores(x):
+    import numpy as np
+    from statistics import NormalDist
+
+    inv = NormalDist().inv_cdf
+    return np.array([inv((k + 0.5) / len(x)) for k in np.argsort(np.argsort(x))])
+
+
+def test_step_noise_keeps_the_mean_and_the_measured_spread_and_correlation():
+    import numpy as np
+
+    from simulator.calibrate import fit_step_noise
+    from simulator.step_model import StepNoise
+
+    rng = np.random.default_rng(0)
+    measured = rng.lognormal(-0.1, 0.35, 20_000)  # a right-skewed ratio, median below its mean
+    fit = fit_step_noise([measured[:10_000], measured[10_000:]])
+    q = np.array(fit["noise_quantiles"])
+    assert ((q[:-1] + q[1:]) / 2).mean() == pytest.approx(1.0)
+    draw = StepNoise(q, phi=0.95, slow_weight=0.4, seed=1)
+    x = np.array([draw() for _ in range(40_000)])
+    assert x.mean() == pytest.approx(1.0, abs=0.03)
+    assert np.median(x) == pytest.approx(np.median(measured) / measured.mean(), rel=0.05)
+    g = _normal_scores(x)
+    assert np.corrcoef(g[:-1], g[1:])[0, 1] == pytest.approx(0.4 * 0.95, abs=0.05)
+    assert np.corrcoef(g[:-20], g[20:])[0, 1] == pytest.approx(0.4 * 0.95**20, abs=0.05)
+    same = StepNoise(q, phi=0.95, slow_weight=0.4, seed=1)
+    assert [same() for _ in range(100)] == x[:100].tolist()
+    # ...and the fit gets the correlation back from such a series.
+    refit = fit_step_noise([x[:20_000], x[20_000:]])
+    assert refit["noise_phi"] == pytest.approx(0.95, abs=0.03)
+    assert refit["noise_slow_weight"] == pytest.approx(0.4, abs=0.1)
+    assert fit_step_noise([rng.lognormal(0, 0.3, 5000)])["noise_slow_weight"] < 0.05  # independent steps
+
+
+def test_step_noise_widens_the_ttft_tail_under_load(tiny):
+    import numpy as np
+
+    trace = list(synthetic(300, 60.0, prompt_len="uniform:16:400", output_len="uniform:4:64", seed=2))
+    base = LinearModel(c0=2e-3, c1=20e-6, c2=100e-6, c3=0.0, num_gpu_blocks=256)
+    q = np.percentile(np.random.default_rng(0).lognormal(-0.1, 0.5, 5000), np.linspace(0, 100, 101))
+    noisy = dataclasses.replace(base, noise_quantiles=list(q / ((q[:-1] + q[1:]) / 2).mean()), noise_phi=0.95,
+                                noise_slow_weight=0.3)  # fmt: skip
+    plain = simulate(trace, model_dir=tiny, step_model=base, max_num_seqs=16)
+    runs = [simulate(trace, model_dir=tiny, step_model=noisy, max_num_seqs=16, seed=s) for s in range(3)]
+    assert all(r.summary["ttft_ms_p90"] > 1.1 * plain.summary["ttft_ms_p90"] for r in runs)
+    # Same work at the same mean speed: the runs take about as long.
+    assert all(r.sim_duration_s == pytest.approx(plain.sim_duration_s, rel=0.1) for r in runs)
+    assert len({r.summary["ttft_ms_p90"] for r in runs}) == 3  # the seed draws the noise
+
+
 def test_profile_round_trip(tmp_path):
     path = LINEAR.save(tmp_path / "p.yaml")
     loaded = load_step_model(f"linear:{path}")

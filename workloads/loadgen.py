@@ -23,6 +23,8 @@ from workloads.records import RequestRecord
 from workloads.trace import Request
 
 ProgressFn = Callable[[int, int, int], None]  # (done, total, in_flight)
+# A stretch this long without the event loop running is a client stall (RequestRecord.client_stall_s).
+CLIENT_STALL_S = 0.02
 
 
 def request_body(model: str, r: Request) -> dict[str, Any]:
@@ -248,15 +250,42 @@ async def run_load(
         gc.collect()
         gc.freeze()
         run.t0 = time.perf_counter()
-        if closed_loop_users:
-            records = await _closed_loop(run, reqs, bodies, closed_loop_users)
-        else:
-            records = await _open_loop(run, reqs, bodies, sem)
+        stalls: list[tuple[float, float]] = []
+        watch = asyncio.create_task(_watch_loop(run, stalls))
+        try:
+            if closed_loop_users:
+                records = await _closed_loop(run, reqs, bodies, closed_loop_users)
+            else:
+                records = await _open_loop(run, reqs, bodies, sem)
+        finally:
+            watch.cancel()
+        _mark_client_stalls(records, stalls)
         return list(warm) + records
     finally:
         gc.unfreeze()
         if own:
             await session.close()
+
+
+async def _watch_loop(run: _Run, stalls: list[tuple[float, float]], period_s: float = 0.002) -> None:
+    """Append (start, end) of every stretch of more than ``CLIENT_STALL_S`` in which this event
+    loop did not run. On a shared machine the client itself stalls (measured on the 2-core dev VM:
+    30-250 ms pauses of every process but the busy server, a few per minute under load); the
+    tokens that arrive meanwhile are timed late, and the TTFT tail then measures the machine."""
+    last = run.now()
+    while True:
+        await asyncio.sleep(period_s)
+        now = run.now()
+        if now - last > period_s + CLIENT_STALL_S:
+            stalls.append((last + period_s, now))
+        last = now
+
+
+def _mark_client_stalls(records: list[RequestRecord], stalls: list[tuple[float, float]]) -> None:
+    for rec in records:
+        if stalls and rec.e2e_s is not None:
+            a, b = rec.actual_send_s, rec.actual_send_s + rec.e2e_s
+            rec.client_stall_s = sum(max(0.0, min(b, e) - max(a, s)) for s, e in stalls)
 
 
 async def _open_loop(

@@ -102,6 +102,7 @@ def summarize(
     out_tokens = sum(r.output_tokens for r in ok)
     m["num_timeouts"] = float(sum(1 for r in recs if r.error and r.error.startswith("timeout")))
     m["num_short_outputs"] = float(sum(1 for r in ok if r.output_tokens < r.requested_output_tokens))
+    m["num_client_stalled"] = float(sum(1 for r in ok if r.client_stall_s > 0))
     m["input_token_throughput"] = per_s(in_tokens)
     m["total_token_throughput"] = per_s(in_tokens + out_tokens)
     m.update(_stats("itl_ms", [g * 1e3 for r in ok for g in r.itl_s]))

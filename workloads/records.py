@@ -24,6 +24,9 @@ class RequestRecord:
     status: int = 0  # HTTP status (200 ok); 0 = no response
     error: str | None = None
     warmup: bool = False  # warm-up requests are excluded from metrics
+    # Seconds the load generator's own event loop stood still (stretches > 20 ms) between this
+    # request's send and its last token: its timings measured the client machine that long.
+    client_stall_s: float = 0.0
 
     @property
     def ok(self) -> bool:
