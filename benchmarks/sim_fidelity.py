@@ -40,13 +40,13 @@ def main() -> None:
           f"+ {p.c3 * 1e9:.3f} ns/ctx tok + {p.c4 * 1e3:.3f} ms/prefill step + {p.c5 * 1e3:.3f} ms/arrival "
           f"+ {p.c6 * 1e6:.2f} us/tok of a new shape; r2={p.meta['r2']:.3f}; "
           f"latency in {p.request_latency_in_s * 1e3:.2f} ms, out {p.request_latency_out_s * 1e3:.2f} ms; "
-          f"step noise p50/p99/max {_q(p, 50):.2f}/{_q(p, 99):.2f}/{_q(p, 100):.2f}x, slow part {p.noise_slow_weight:.2f} "
+          f"step jitter p50/p99/max {_q(p, 0.5):.2f}/{_q(p, 0.99):.2f}/{_q(p, 1.0):.2f}x, drift sd {p.noise_drift_sd:.2f} "
           f"(phi {p.noise_phi:.3f})")
     if a.save_profile:
         print("saved", p.save(PROFILE_DIR / "cpu_tiny_fidelity.yaml"))
     measured = cal.runs[1:]
     real, each = real_pooled(measured, cal.step_log)
-    sim = sim_pooled(replays[0], model_dir, p, a.sim_runs, **sim_kwargs(p, measured[0], cal.step_log))
+    sim, sim_each = sim_pooled(replays[0], model_dir, p, a.sim_runs, **sim_kwargs(p, measured[0], cal.step_log))
     spread = self_spread(real, each)
     print(f"held-out workload: {a.requests} requests, {a.replays} real replays and {a.sim_runs} sim runs pooled")
     print(Comparison(real, sim).table())
@@ -54,6 +54,11 @@ def main() -> None:
           + ", ".join(f"{m} {v:.1%}" for m, v in spread.items()))
     for k, e in enumerate(each, 1):
         print(f"  real replay {k}: " + ", ".join(f"{m} {e[m]:.2f}" for m in spread))
+    # The sim is not one number either: its seeds vary as real replays do (step noise, latencies).
+    first = sim_each[: len(each)]
+    print(f"single runs, min-max over {len(each)} (real replays | first {len(first)} sim seeds): " + "; ".join(
+        f"{m} {min(e[m] for e in each):.2f}-{max(e[m] for e in each):.2f} | {min(e[m] for e in first):.2f}-{max(e[m] for e in first):.2f}"
+        for m in ("ttft_ms_p50", "ttft_ms_p90", "tpot_ms_p50")))  # fmt: skip
     unstalled, left_out = real_pooled_unstalled(measured)
     total = sum(len(run.records) for run in measured)
     print(f"real requests whose timings include a client stall (load generator not running > 20 ms): {left_out} of {total}; "
@@ -64,9 +69,8 @@ def main() -> None:
     print(f"step log: {cal.step_log}")
 
 
-def _q(profile, pct: int) -> float:
-    q = profile.noise_quantiles
-    return q[round(pct / 100 * (len(q) - 1))] if q else 1.0
+def _q(profile, prob: float) -> float:
+    return dict(zip(profile.noise_probs, profile.noise_quantiles)).get(prob, 1.0)
 
 
 if __name__ == "__main__":

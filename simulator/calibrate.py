@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from simulator.step_model import PROFILE_DIR, BatchShape, LinearModel
+from simulator.step_model import PROFILE_DIR, BatchShape, LinearModel, _nonneg_lstsq
 from simulator.step_timer import ENV_VAR, prompt_key
 from workloads.records import RequestRecord
 from workloads.trace import Request
@@ -264,39 +264,53 @@ def _cycle_ratios(profile: LinearModel, steps: list[dict], adds: list[dict], win
     return np.array([c.seconds / cycle_time(profile, c.shape, arrivals=c.arrivals, new_shape=c.new_shape) for c in cycles])
 
 
-def fit_step_noise(ratio_runs: Sequence[np.ndarray], num_quantiles: int = 101, max_lag: int = 40) -> dict[str, Any]:
-    """``LinearModel`` noise fields from per-phase series of measured/predicted step ratios.
+def fit_step_noise(ratio_runs: Sequence[np.ndarray], window: int = 41,
+                   spans: Sequence[int] = (1, 2, 5, 10, 20, 50, 100)) -> dict[str, Any]:  # fmt: skip
+    """``LinearModel`` noise fields (``StepNoise``) from per-phase series of measured/predicted
+    step ratios, in time order.
 
-    Quantiles: 0.5-99.5 % (one-off extremes left out), scaled to mean 1. Correlation: the
-    autocorrelation of the ratios' normal scores over lags 1..``max_lag``, fitted as
-    ``w·phi^lag`` (a slow AR(1) part of weight ``w`` plus independent jitter); on the CPU box
-    w ≈ 0.3, phi ≈ 0.97 (lag-1 correlation 0.2-0.4, still 0.1-0.2 after 20 steps)."""
-    from statistics import NormalDist
+    Drift: what matters to a queue is how slow a stretch of steps is, so the variance of the mean
+    log ratio over ``spans`` consecutive steps is fitted as jitter/k + drift·g(phi, k) (g: the
+    mean of phi^|i-j| over a k-step window), least squares in relative terms over a grid of phi.
+    On the CPU box: drift sd ≈ 0.15, phi ≈ 0.99 (a 100-step stretch runs 15-20% slow one time in
+    ten). Jitter: each ratio divided by the running median of its ``window`` neighbours (the local
+    speed), quantiles at ``NOISE_PROBS``; scaled so that a step's expected multiplier is 1."""
+    from simulator.step_model import NOISE_PROBS
 
-    if not ratio_runs:
+    runs = [np.asarray(r, dtype=float) for r in ratio_runs if len(r)]
+    if not runs:
         return {}
-    q = np.percentile(np.concatenate(ratio_runs), np.linspace(0, 100, num_quantiles))
-    q = q / float(((q[:-1] + q[1:]) / 2).mean())  # mean of the piecewise-linear quantile function
-    inv = NormalDist().inv_cdf
-    lags = np.arange(1, max_lag + 1)
-    num, den = np.zeros(max_lag), 0.0
-    for r in ratio_runs:
-        if len(r) <= 2 * max_lag:
-            continue
-        g = np.array([inv((k + 0.5) / len(r)) for k in np.argsort(np.argsort(r))])
-        num += np.array([g[:-k] @ g[k:] / (len(g) - k) for k in lags])
-        den += float(g @ g) / len(g)
-    phi, w = 0.0, 0.0
-    if den > 0:
-        acf = num / den
+    half = window // 2
+    jitter, var_k, weight_k = [], np.zeros(len(spans)), np.zeros(len(spans))
+    for r in runs:
+        x = np.log(r)
+        local = np.array([np.median(x[max(0, t - half): t + half + 1]) for t in range(len(x))])
+        jitter.append(np.exp(x - local))
+        x = x - x.mean()
+        for i, k in enumerate(spans):
+            if len(x) >= 4 * k:
+                m = np.convolve(x, np.ones(k) / k, mode="valid")
+                var_k[i] += float(m @ m) / len(m) * len(x)
+                weight_k[i] += len(x)
+    ok = weight_k > 0
+    v, ks = var_k[ok] / weight_k[ok], np.asarray(spans, dtype=float)[ok]
+    phi, drift_var = 0.0, 0.0
+    if len(v) >= 3:
         best = float("inf")
         for cand in np.linspace(0.5, 0.999, 500):
-            x = cand**lags
-            cw = min(1.0, max(0.0, float(acf @ x / (x @ x))))
-            err = float(((acf - cw * x) ** 2).sum())
+            g = np.array([(k + 2 * sum((k - l) * cand**l for l in range(1, int(k)))) / k**2 for k in ks])
+            a = np.column_stack([1 / ks, g]) / v[:, None]  # relative errors: every span counts
+            coef = _nonneg_lstsq(a, np.ones(len(v)), [0, 1])
+            err = float(((a @ coef - 1) ** 2).sum())
             if err < best:
-                best, phi, w = err, float(cand), cw
-    return {"noise_quantiles": [float(x) for x in q], "noise_phi": phi, "noise_slow_weight": w}
+                best, phi, drift_var = err, float(cand), float(coef[1])
+    drift_sd = float(np.sqrt(drift_var))
+    probs = np.asarray(NOISE_PROBS)
+    q = np.quantile(np.concatenate(jitter), probs)
+    mean_j = float((np.diff(probs) * (q[:-1] + q[1:]) / 2).sum())  # of the piecewise-linear quantile function
+    q = q / (mean_j * np.exp(drift_sd**2 / 2))  # E[exp(drift)] = exp(sd²/2)
+    return {"noise_quantiles": [float(v) for v in q], "noise_probs": list(NOISE_PROBS), "noise_phi": phi,
+            "noise_drift_sd": drift_sd}  # fmt: skip
 
 
 @dataclass
@@ -390,9 +404,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"request latency in {profile.request_latency_in_s * 1e3:.2f} ms, out {profile.request_latency_out_s * 1e3:.2f} ms; "
           f"engine {profile.meta['engine']}")  # fmt: skip
     if profile.noise_quantiles:
-        q = profile.noise_quantiles
-        print(f"step noise (measured/predicted, mean 1): p50 {q[len(q) // 2]:.2f}, max {q[-1]:.2f}; "
-              f"slow part {profile.noise_slow_weight:.2f} of the variance, phi {profile.noise_phi:.3f} per step")  # fmt: skip
+        q = dict(zip(profile.noise_probs, profile.noise_quantiles))
+        print(f"step noise: jitter p50 {q[0.5]:.2f}, p99 {q[0.99]:.2f}, max {q[1.0]:.2f}; drift sd {profile.noise_drift_sd:.2f} "
+              f"(log), phi {profile.noise_phi:.3f} per step")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -69,13 +69,15 @@ def real_pooled_unstalled(runs: list) -> tuple[dict[str, float], int]:
     return pooled_summary(kept), sum(len(run.records) - len(k) for run, k in zip(runs, kept))
 
 
-def sim_pooled(requests: list[Request], model_dir, profile, runs: int = SIM_RUNS, **kwargs: Any) -> dict[str, float]:
-    """The simulator's metrics of ``runs`` runs of ``requests`` (seeds 0.., i.e. their own
-    front-end latency and step-noise draws), pooled as ``real_pooled``."""
+def sim_pooled(requests: list[Request], model_dir, profile, runs: int = SIM_RUNS,
+               **kwargs: Any) -> tuple[dict[str, float], list[dict[str, float]]]:  # fmt: skip
+    """(pooled metrics, each run's own metrics) of ``runs`` simulated runs of ``requests`` (seeds
+    0.., i.e. their own front-end latency and step-noise draws), pooled as ``real_pooled``."""
     from simulator import simulate
 
     res = [simulate(requests, model_dir=model_dir, step_model=profile, seed=k, **kwargs) for k in range(runs)]
-    return pooled_summary([r.records for r in res], [float(r.num_preemptions) for r in res])
+    each = [{**r.summary, "server_num_preemptions": float(r.num_preemptions)} for r in res]
+    return pooled_summary([r.records for r in res], [float(r.num_preemptions) for r in res]), each
 
 
 def self_spread(pooled: dict[str, float], each: list[dict[str, float]]) -> dict[str, float]:

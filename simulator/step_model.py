@@ -248,11 +248,12 @@ class LinearModel:
     latency_in_quantiles: list[float] = field(default_factory=list)
     latency_out_quantiles: list[float] = field(default_factory=list)
     # Step-time noise measured during calibration (measured / predicted cycle under sustained
-    # load): evenly spaced quantiles of that ratio, scaled to mean 1, and its correlation over
-    # consecutive steps (``StepNoise``). Empty = every step takes exactly the predicted time.
+    # load; ``StepNoise``): quantiles of the per-step jitter at ``noise_probs``, and the slow
+    # drift of the machine's speed. Empty = every step takes exactly the predicted time.
     noise_quantiles: list[float] = field(default_factory=list)
-    noise_phi: float = 0.0  # per-step AR(1) coefficient of the slow part (machine speed drifting)
-    noise_slow_weight: float = 0.0  # share of the variance (normal scores) in the slow part
+    noise_probs: list[float] = field(default_factory=lambda: list(NOISE_PROBS))
+    noise_phi: float = 0.0  # per-step AR(1) coefficient of the log drift
+    noise_drift_sd: float = 0.0  # standard deviation of the log drift
     num_gpu_blocks: int | None = None  # KV blocks of the calibrated server, if known
     block_size: int = 16
     meta: dict[str, Any] = field(default_factory=dict)  # where/how it was measured, fit quality
@@ -361,24 +362,34 @@ def request_latencies(model: StepTimeModel, n: int, seed: int):
     return out[0], out[1]
 
 
-class StepNoise:
-    """Per-step multipliers drawn from a calibrated profile's noise: a Gaussian copula onto the
-    measured ratio distribution (``noise_quantiles``), whose normal scores are a slow AR(1)
-    part (weight ``noise_slow_weight``, coefficient ``noise_phi``: the machine's speed drifting
-    over tens of steps) plus independent per-step jitter. Mean 1, so the expected step time
-    stays the fitted one; what changes is the spread a queue sees: on the 2-core CPU box the
-    median step runs at ~0.9x the fitted mean and one in a hundred at 2-2.5x, and queueing
-    turns that spread into TTFT tail the mean alone cannot produce."""
+# Probabilities at which a profile stores its step-jitter quantiles: every percent, then finer in
+# the tail, where one-in-a-thousand stalls of 5-30x live (evenly spaced points up to the maximum
+# would give the single slowest step measured half a percent of all steps).
+NOISE_PROBS = tuple([k / 100 for k in range(100)] + [0.99 + k / 1000 for k in range(1, 10)] + [0.9995, 0.9999, 1.0])
 
-    def __init__(self, quantiles: Sequence[float], phi: float, slow_weight: float, seed: int, chunk: int = 4096) -> None:
+
+class StepNoise:
+    """Per-step multipliers for a calibrated profile: ``exp(drift) · jitter``. The drift is a
+    stationary Gaussian AR(1) in log space (sd ``noise_drift_sd``, coefficient ``noise_phi`` per
+    step: the machine's speed wandering over tens of steps); the jitter is independent per step,
+    drawn from the measured quantiles (``noise_quantiles`` at ``noise_probs``), so its rare
+    stalls stay isolated as the real ones are. Mean 1: the expected step time stays the fitted
+    one; what changes is the spread a queue sees (on the 2-core CPU box the median step runs at
+    ~0.85-0.9x the fitted mean and one in a hundred at ~2x), which queueing turns into TTFT tail
+    the mean alone cannot produce."""
+
+    def __init__(self, quantiles: Sequence[float], probs: Sequence[float], phi: float, drift_sd: float, seed: int,
+                 chunk: int = 4096) -> None:  # fmt: skip
         import numpy as np
 
+        if len(quantiles) != len(probs):
+            raise ValueError(f"step noise: {len(quantiles)} quantiles for {len(probs)} probabilities")
         self._q = np.asarray(quantiles, dtype=float)
-        self._grid = np.linspace(0.0, 1.0, len(self._q))
+        self._p = np.asarray(probs, dtype=float)
         self._phi = min(max(float(phi), 0.0), 0.9999)
-        self._w = min(max(float(slow_weight), 0.0), 1.0)
+        self._sd = max(float(drift_sd), 0.0)
         self._rng = np.random.default_rng([seed, 13])
-        self._x = float(self._rng.standard_normal())  # the slow part starts in its stationary law
+        self._x = float(self._rng.standard_normal())  # the drift starts in its stationary law
         self._chunk = chunk
         self._buf: list[float] = []
         self._k = 0
@@ -387,16 +398,15 @@ class StepNoise:
         import numpy as np
 
         rng, phi, n = self._rng, self._phi, self._chunk
-        eta, jitter = rng.standard_normal(n), rng.standard_normal(n)
-        slow = np.empty(n)
+        eta = rng.standard_normal(n)
+        drift = np.empty(n)
         x, c = self._x, math.sqrt(1.0 - phi * phi)
         for t in range(n):
             x = phi * x + c * eta[t]
-            slow[t] = x
+            drift[t] = x
         self._x = x
-        g = math.sqrt(self._w) * slow + math.sqrt(1.0 - self._w) * jitter
-        u = 0.5 * (1.0 + _erf(g / math.sqrt(2.0)))
-        self._buf = np.interp(u, self._grid, self._q).tolist()
+        jitter = np.interp(rng.random(n), self._p, self._q)
+        self._buf = (np.exp(self._sd * drift) * jitter).tolist()
         self._k = 0
 
     def __call__(self) -> float:
@@ -406,16 +416,10 @@ class StepNoise:
         return self._buf[self._k - 1]
 
 
-def _erf(x):
-    import numpy as np
-
-    return np.frompyfunc(math.erf, 1, 1)(x).astype(float)
-
-
 def step_noise(model: StepTimeModel, seed: int) -> StepNoise | None:
     """The profile's ``StepNoise`` (seeded), or None for a deterministic model."""
     q = getattr(model, "noise_quantiles", None)
-    return StepNoise(q, model.noise_phi, model.noise_slow_weight, seed) if q else None
+    return StepNoise(q, model.noise_probs, model.noise_phi, model.noise_drift_sd, seed) if q else None
 
 
 def load_step_model(spec: "str | dict[str, Any] | StepTimeModel") -> StepTimeModel:

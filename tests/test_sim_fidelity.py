@@ -78,7 +78,7 @@ def test_calibrated_sim_matches_real_server_on_heldout_workload(real):
     assert p.meta["num_steps"] > 100 and p.c0 > 0
     real_m, each = real_pooled(measured, cal.step_log)
     kw = sim_kwargs(p, measured[0], cal.step_log)
-    sim = sim_pooled(real["replays"][0], real["model_dir"], p, **kw)
+    sim, _ = sim_pooled(real["replays"][0], real["model_dir"], p, **kw)
     cmp, spread = Comparison(real_m, sim), self_spread(real_m, each)
     print("\nsim vs real (pooled replays)\n" + cmp.table())
     print("one real replay vs the pool: " + ", ".join(f"{m} {v:.1%}" for m, v in spread.items()))
@@ -99,7 +99,7 @@ def test_calibrated_sim_matches_real_server_on_heldout_workload(real):
 
     # The check can fail: the same sim with every step twice as long is out of tolerance.
     slow = dataclasses.replace(p, **{f"c{k}": 2 * getattr(p, f"c{k}") for k in range(7)})
-    slow_err = Comparison(real_m, sim_pooled(real["replays"][0], real["model_dir"], slow, **kw)).rel_err("tpot_ms_p50")
+    slow_err = Comparison(real_m, sim_pooled(real["replays"][0], real["model_dir"], slow, **kw)[0]).rel_err("tpot_ms_p50")
     print(f"step model 2x slower: tpot_ms_p50 error {slow_err:.1%}")
     assert slow_err > tols["tpot_ms_p50"]
 
