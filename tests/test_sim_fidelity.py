@@ -4,9 +4,9 @@ Two server starts in all (run under ``flock /tmp/schedlab-vllm.lock``): one time
 is calibrated and replays the held-out and policy workloads between the sweep's phases, one sjf
 server for the policy workload.
 
-Tolerances: measured with step noise and load-phase latencies (6 runs on the 2-core dev machine)
-the sim was within 1.4% in throughput, 2-13% in TTFT p50, 7-25% in TTFT p90 (sim low) and 6% in
-TPOT p50, while one real replay differed from the pool of five by up to 2%, 27%, 40% (872% with
+Tolerances: measured with step noise and load-phase latencies (7 runs on the 2-core dev machine)
+the sim was within 1.4% in throughput, 1-13% in TTFT p50, 7-25% in TTFT p90 (sim low) and 6% in
+TPOT p50, while one real replay differed from the pool of five by up to 2%, 27%, 49% (872% with
 one 212-ms machine stall) and 53% — the machine's speed drifts by ±20% over seconds and its
 processes stall for 30-250 ms at random.
 The sim must be within a base tolerance (10% throughput, 20% TTFT p50 and TPOT p50, 35% TTFT
