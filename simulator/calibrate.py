@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from simulator.step_model import PROFILE_DIR, BatchShape, LinearModel, _nonneg_lstsq
+from simulator.step_model import PROFILE_DIR, BatchShape, LinearModel, _nonneg_lstsq, cycle_time
 from simulator.step_timer import ENV_VAR, prompt_key
 from workloads.records import RequestRecord
 from workloads.trace import Request
@@ -231,37 +231,27 @@ def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, met
     config, adds, steps = read_step_log(step_log)
     if windows is None:
         windows = [(float("-inf"), float("inf"))] * len(runs)
-    profile = _fit_linear(steps, adds, windows, name=name, meta={**(meta or {}), "engine": config},
-                         num_gpu_blocks=config.get("num_gpu_blocks"), block_size=config.get("block_size", 16))  # fmt: skip
+    # One pass over the whole log per window: first-run token counts count from the server's start.
+    cycles = [step_cycles(steps, adds, lo, hi) for lo, hi in windows]
+    fitted = [c for cs in cycles for c in cs]
+    profile = LinearModel.fit(
+        [c.shape for c in fitted], [c.seconds for c in fitted], arrivals=[c.arrivals for c in fitted],
+        new_shape=[c.new_shape for c in fitted], name=f"linear:{name}", meta={**(meta or {}), "engine": config},
+        num_gpu_blocks=config.get("num_gpu_blocks"), block_size=config.get("block_size", 16),
+    )  # fmt: skip
+    loaded = [k for k, r in enumerate(runs) if r.requests and r.requests[-1].arrival_s > 0] or list(range(len(runs)))
     steps = [s for s in steps if s["t0"] >= min(lo for lo, _ in windows)]
-    loaded = [(r, w) for r, w in zip(runs, windows) if r.requests and r.requests[-1].arrival_s > 0] or list(zip(runs, windows))
     grid = np.linspace(0, 100, 21)
-    per_run = [request_latencies([r], adds, steps) for r, _ in loaded]
+    per_run = [request_latencies([runs[k]], adds, steps) for k in loaded]
     q_in = np.median([np.percentile(li, grid) for li, _ in per_run], axis=0)
     q_out = np.median([np.percentile(lo, grid) for _, lo in per_run], axis=0)
-    ratios = [_cycle_ratios(profile, steps, adds, w) for _, w in loaded]
+    ratios = [np.array([c.seconds / cycle_time(profile, c.shape, arrivals=c.arrivals, new_shape=c.new_shape)
+                        for c in cycles[k]]) for k in loaded]  # fmt: skip
     noise = fit_step_noise([r for r in ratios if len(r)])
     return dataclasses.replace(
         profile, request_latency_in_s=float(q_in[10]), request_latency_out_s=float(q_out[10]),
         latency_in_quantiles=[float(x) for x in q_in], latency_out_quantiles=[float(x) for x in q_out], **noise,
     )  # fmt: skip
-
-
-def _fit_linear(steps: list[dict], adds: list[dict], windows: Sequence[tuple[float, float]], *, name: str,
-               **kwargs: Any) -> LinearModel:  # fmt: skip
-    cycles = [c for lo, hi in windows for c in step_cycles(steps, adds, lo, hi)]
-    return LinearModel.fit(
-        [c.shape for c in cycles], [c.seconds for c in cycles], arrivals=[c.arrivals for c in cycles],
-        new_shape=[c.new_shape for c in cycles], name=f"linear:{name}", **kwargs,
-    )  # fmt: skip
-
-
-def _cycle_ratios(profile: LinearModel, steps: list[dict], adds: list[dict], window: tuple[float, float]) -> np.ndarray:
-    """Measured / predicted cycle of each busy step in ``window``, in time order."""
-    from simulator.step_model import cycle_time
-
-    cycles = step_cycles(steps, adds, *window)
-    return np.array([c.seconds / cycle_time(profile, c.shape, arrivals=c.arrivals, new_shape=c.new_shape) for c in cycles])
 
 
 def fit_step_noise(ratio_runs: Sequence[np.ndarray], window: int = 41,

@@ -77,7 +77,7 @@ def sim_pooled(requests: list[Request], model_dir, profile, runs: int = SIM_RUNS
 
     res = [simulate(requests, model_dir=model_dir, step_model=profile, seed=k, **kwargs) for k in range(runs)]
     each = [{**r.summary, "server_num_preemptions": float(r.num_preemptions)} for r in res]
-    return pooled_summary([r.records for r in res], [float(r.num_preemptions) for r in res]), each
+    return pooled_summary([r.records for r in res], [e["server_num_preemptions"] for e in each]), each
 
 
 def self_spread(pooled: dict[str, float], each: list[dict[str, float]]) -> dict[str, float]:
