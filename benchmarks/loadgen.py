@@ -33,8 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.models import write_model_dir  # noqa: E402
-from orchestrator.server import free_port  # noqa: E402
+from serving.models import write_model_dir  # noqa: E402
+from serving.server import free_port  # noqa: E402
 from workloads import Request  # noqa: E402
 from workloads.loadgen import replay  # noqa: E402
 from workloads.metrics import summarize  # noqa: E402

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vllm.v1.core.sched.scheduler import Scheduler  # noqa: E402
 
 import policies  # noqa: E402
-from orchestrator.models import write_model_dir  # noqa: E402
+from serving.models import write_model_dir  # noqa: E402
 from policies.driver import fake_model_output  # noqa: E402
 from policies.inprocess import make_request, make_scheduler  # noqa: E402
 

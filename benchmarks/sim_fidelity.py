@@ -18,13 +18,13 @@ def main() -> None:
     from simulator.fidelity import HELDOUT_REPLAYS, SIM_RUNS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--save-profile", action="store_true", help="also save the fitted profile as conf/step_model/cpu_tiny_fidelity.yaml")
+    ap.add_argument("--save-profile", action="store_true", help="also save the fitted profile as simulator/profiles/cpu_tiny_fidelity.yaml")
     ap.add_argument("--requests", type=int, default=80, help="held-out requests per replay")
     ap.add_argument("--replays", type=int, default=HELDOUT_REPLAYS, help="measured real replays pooled")
     ap.add_argument("--sim-runs", type=int, default=SIM_RUNS, help="simulated runs (seeds) pooled")
     a = ap.parse_args()
 
-    from orchestrator.models import write_model_dir
+    from serving.models import write_model_dir
     from simulator.calibrate import calibrate
     from simulator.fidelity import (SERVER_ARGS, Comparison, heldout_replays, real_pooled, real_pooled_unstalled,
                                     self_spread, sim_kwargs, sim_pooled, step_model_ratio)  # fmt: skip

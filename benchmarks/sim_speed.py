@@ -28,7 +28,7 @@ def main() -> None:
     a = ap.parse_args()
 
     t_import = time.perf_counter()
-    from orchestrator.models import write_model_dir
+    from serving.models import write_model_dir
     from simulator import simulate
     from simulator.build import build_scheduler  # noqa: F401  (imports vLLM)
     from workloads.synthetic import synthetic

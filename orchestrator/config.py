@@ -34,7 +34,7 @@ class AllocatorConfig:
 
 @dataclass
 class ModelConfig:
-    """Model architecture preset (``orchestrator.models``) plus vLLM engine arguments."""
+    """Model architecture preset (``serving.models``) plus vLLM engine arguments."""
 
     preset: str = MISSING  # tiny | llama3_8b | qwen2_5_7b
     arch_overrides: Dict[str, Any] = field(default_factory=dict)  # config.json keys to replace

@@ -23,13 +23,13 @@ from rich.console import Console
 import policies
 from orchestrator.backends import CellFailed, CellResult, CellSpec, backend_class, make_backend
 from orchestrator.grid import Cell, plan_cells
-from orchestrator.models import MODEL_PRESETS, load_model_config, write_model_dir
+from serving.models import MODEL_PRESETS, load_model_config, write_model_dir
 from orchestrator.progress import GridProgress
 from orchestrator.report import (
     CellData, compared_value, comparison_table, plot_cell_timeseries, plot_latency_percentiles, plot_timeseries,
     plot_ttft_cdf, print_table, save_table_png,
 )  # fmt: skip
-from orchestrator.server import vllm_version
+from serving.server import vllm_version
 from orchestrator.tracking import Tracker
 from orchestrator.workload import build_requests
 from workloads.metrics import load_records, records_frame, save_parquet

@@ -23,7 +23,7 @@ from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCache
 from vllm.v1.request import Request  # noqa: E402
 from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
-EOS_TOKEN_ID = 2  # matches orchestrator.models' tokenizer
+EOS_TOKEN_ID = 2  # matches serving.models' tokenizer
 
 _none_hash_ready = False
 

@@ -83,7 +83,7 @@ def simulate(
     ``seed`` picks the prompts' token ids and, for a calibrated profile, each request's front-end
     latencies and the steps' noise (``step_model.StepNoise``): same seed, same result.
     """
-    from orchestrator.models import load_model_config
+    from serving.models import load_model_config
     from simulator.build import build_scheduler, engine_request_factory, materialize_prompts
     from simulator.engine import run_loop
     from simulator.summary import summarize_sim

@@ -6,7 +6,7 @@ starts ``vllm serve`` with ``simulator.step_timer.StepTimingScheduler``, replays
 shapes (bursts of 1..32 concurrent requests × short/long prompts, then a Poisson mix) with the
 real load generator, fits ``t = c0 + c1·prefill + c2·decode + c3·Σcontext`` to the measured step
 cycles, measures the fixed request latencies outside engine steps (client send → engine add,
-engine step end → client sees the token), and saves the profile to ``conf/step_model/<name>.yaml``.
+engine step end → client sees the token), and saves the profile to ``simulator/profiles/<name>.yaml``.
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ def calibrate(
     the fitted steps and the extra replays sample the same stretch of it. Returns their runs too,
     and the step log.
     """
-    from orchestrator.server import VLLMServer
+    from serving.server import VLLMServer
     from workloads.prompts import materialize
 
     phases = sweep_workload(seed)
@@ -372,7 +372,7 @@ def calibrate(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from orchestrator.models import MODEL_PRESETS, write_model_dir
+    from serving.models import MODEL_PRESETS, write_model_dir
 
     ap = argparse.ArgumentParser(prog="python -m simulator.calibrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tiny", choices=sorted(MODEL_PRESETS))
@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("server_args", nargs="*", help="extra vllm serve args (after --), replacing the defaults")
     a = ap.parse_args(argv)
-    from orchestrator.server import vllm_build
+    from serving.server import vllm_build
 
     name = a.name or f"{vllm_build()}_{a.model}"
     profile = calibrate(write_model_dir(a.model), name=name, server_args=a.server_args or DEFAULT_SERVER_ARGS, seed=a.seed).profile

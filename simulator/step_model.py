@@ -36,7 +36,8 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import yaml
 
-PROFILE_DIR = Path(__file__).resolve().parents[1] / "conf" / "step_model"
+# Calibrated step-model profiles (data written by ``simulator.calibrate``, loaded by name).
+PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 
 
 @dataclass(frozen=True)
@@ -423,7 +424,7 @@ def step_noise(model: StepTimeModel, seed: int) -> StepNoise | None:
 
 
 def load_step_model(spec: "str | dict[str, Any] | StepTimeModel") -> StepTimeModel:
-    """``"roofline:h100"``, ``"linear:<profile>"`` (``conf/step_model/<profile>.yaml`` or a path),
+    """``"roofline:h100"``, ``"linear:<profile>"`` (``simulator/profiles/<profile>.yaml`` or a path),
     or a dict: ``{"kind": "roofline", "hardware": "h100" | {...}, "step_overhead_s": ...}`` /
     ``{"kind": "linear", "c0": ..., ...}``."""
     if isinstance(spec, (RooflineModel, LinearModel)):
@@ -434,7 +435,7 @@ def load_step_model(spec: "str | dict[str, Any] | StepTimeModel") -> StepTimeMod
             return load_step_model({"kind": "roofline", "hardware": arg or "h100"})
         if kind == "linear":
             if not arg:
-                raise ValueError("step model 'linear' needs a profile: 'linear:<name under conf/step_model>'")
+                raise ValueError("step model 'linear' needs a profile: 'linear:<name under simulator/profiles>'")
             path = Path(arg)
             if not path.suffix:
                 path = PROFILE_DIR / f"{arg}.yaml"

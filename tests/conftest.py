@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.models import write_model_dir
+from serving.models import write_model_dir
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 from vllm.v1.core.sched.scheduler import Scheduler
 
 import policies
-from orchestrator.models import write_model_dir
+from serving.models import write_model_dir
 from policies.base import BlockAllocator
 from policies.block_pool import PolicyBlockPool
 from policies.driver import run, step

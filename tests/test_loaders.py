@@ -7,7 +7,7 @@ import json
 import pytest
 
 from workloads import SAMPLES, TraceFormatError, load_trace, materialize
-from workloads.loaders import MOONCAKE_BLOCK_TOKENS
+from workloads.trace import MOONCAKE_BLOCK_TOKENS
 
 
 def _check_rows(trace):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.server import VLLMServer
+from serving.server import VLLMServer
 from workloads import materialize, synthetic
 from workloads.loadgen import replay, replay_with_server_metrics
 from workloads.metrics import summarize

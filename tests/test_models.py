@@ -3,7 +3,7 @@ import json
 import pytest
 from tokenizers import Tokenizer
 
-from orchestrator.models import MODEL_PRESETS, ModelDirError, load_model_config, write_model_dir
+from serving.models import MODEL_PRESETS, ModelDirError, load_model_config, write_model_dir
 
 
 def test_tiny_model_dir_is_servable_shape(tiny_model_dir):

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.server import group_pids
+from serving.server import group_pids
 
 pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +176,7 @@ def test_cell_timeout_fails_the_cell_and_stops_its_server(tmp_path):
 
     import orchestrator.config  # noqa: F401
     from orchestrator.backends import CellFailed, CellSpec, NullProgress
-    from orchestrator.backends.vllm_local import CellRunner
+    from serving.runner import CellRunner
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["backend.cell_timeout_s=4"])

@@ -7,7 +7,7 @@ import random
 import pytest
 
 import policies
-from orchestrator.models import write_model_dir
+from serving.models import write_model_dir
 from policies.driver import run, step
 from policies.inprocess import make_request, make_scheduler
 

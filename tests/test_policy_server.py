@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 import policies
-from orchestrator.server import VLLMServer
+from serving.server import VLLMServer
 
 
 def complete(server, prompt, max_tokens, **extra):

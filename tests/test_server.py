@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
-from orchestrator.models import ModelDirError
-from orchestrator.server import PortInUseError, ServerStartupTimeout, VLLMServer, group_pids
+from serving.models import ModelDirError
+from serving.server import PortInUseError, ServerStartupTimeout, VLLMServer, group_pids
 
 
 def _post(url: str, body: dict) -> urllib.request.addinfourl:

@@ -20,7 +20,7 @@ import dataclasses
 
 import pytest
 
-from orchestrator.models import write_model_dir
+from serving.models import write_model_dir
 from workloads.trace import Request
 
 pytestmark = pytest.mark.server
@@ -37,7 +37,7 @@ def policy_workload() -> list[Request]:
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
     import policies
-    from orchestrator.server import VLLMServer
+    from serving.server import VLLMServer
     from simulator.calibrate import calibrate, replay
     from simulator.fidelity import heldout_replays, SERVER_ARGS
     from workloads.prompts import materialize

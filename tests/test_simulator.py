@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from orchestrator.models import write_model_dir
+from serving.models import write_model_dir
 from simulator import LinearModel, RooflineModel, load_step_model, simulate
 from simulator.step_model import HARDWARE, BatchShape
 from workloads.synthetic import synthetic

@@ -23,9 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from workloads.trace import Request, Trace
-
-MOONCAKE_BLOCK_TOKENS = 512
+from workloads.trace import MOONCAKE_BLOCK_TOKENS, Request, Trace
 
 
 class TraceFormatError(ValueError):

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workloads.loaders import MOONCAKE_BLOCK_TOKENS
-from workloads.trace import Request
+from workloads.trace import MOONCAKE_BLOCK_TOKENS, Request
 
 FIRST_ID = 3  # 0 <unk>, 1 <s>, 2 </s> are special in our tokenizers; never put them in a prompt
 
@@ -27,7 +26,7 @@ def load_tokenizer(model_dir: str | Path):
         path = path / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(
-            f"no tokenizer.json at {str(path)!r} (write a model dir with orchestrator.models.write_model_dir)"
+            f"no tokenizer.json at {str(path)!r} (write a model dir with serving.models.write_model_dir)"
         )
     return Tokenizer.from_file(str(path))
 

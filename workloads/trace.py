@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Mooncake's prefix block: equal ``Request.prefix_hash_ids`` entries are equal blocks of this many
+# prompt tokens.
+MOONCAKE_BLOCK_TOKENS = 512
+
 
 @dataclass
 class Request:
@@ -26,7 +30,7 @@ class Request:
     deadline_s: float | None = None
     # Client-supplied output-length prediction for SJF-style policies (None: unknown).
     output_len_hint: int | None = None
-    # Mooncake-style prefix block ids: equal ids = equal 512-token prompt blocks.
+    # Mooncake-style prefix block ids: equal ids = equal MOONCAKE_BLOCK_TOKENS-token prompt blocks.
     prefix_hash_ids: tuple[int, ...] = field(default_factory=tuple)
 
 

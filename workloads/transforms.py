@@ -7,9 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from workloads.loaders import MOONCAKE_BLOCK_TOKENS
 from workloads.synthetic import arrival_times
-from workloads.trace import Request, Trace
+from workloads.trace import MOONCAKE_BLOCK_TOKENS, Request, Trace
 
 
 def _trace(requests: list[Request], rows: list[Request]) -> Trace:

@@ -6,7 +6,8 @@ import importlib
 
 from omegaconf import DictConfig
 
-from orchestrator.backends.base import Backend, CellFailed, CellProgress, CellResult, CellSpec, NullProgress
+from orchestrator.backends.base import Backend
+from serving.cell import CellFailed, CellProgress, CellResult, CellSpec, NullProgress
 
 BACKENDS: dict[str, str] = {
     "vllm_local": "orchestrator.backends.vllm_local.VLLMLocalBackend",

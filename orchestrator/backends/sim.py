@@ -2,7 +2,7 @@
 
 Same records, summary names and time series as ``vllm_local``, in seconds instead of minutes.
 ``backend.step_model`` picks the step-time model: ``roofline:h100`` (default), ``roofline:a100``,
-``linear:cpu_tiny`` (a profile under conf/step_model/), ...
+``linear:cpu_tiny`` (a profile under simulator/profiles/), ...
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from orchestrator.backends.base import Backend, CellProgress, CellResult, CellSpec
-from orchestrator.models import write_model_dir
+from orchestrator.backends.base import Backend
+from serving.cell import CellProgress, CellResult, CellSpec
+from serving.models import write_model_dir
 
 
 class SimBackend(Backend):

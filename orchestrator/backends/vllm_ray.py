@@ -21,8 +21,9 @@ from typing import Callable, Iterable, Iterator
 import ray
 from omegaconf import DictConfig
 
-from orchestrator.backends.base import Backend, CellFailed, CellProgress, CellResult, CellSpec, NullProgress
-from orchestrator.backends.vllm_local import CellRunner
+from orchestrator.backends.base import Backend
+from serving.cell import CellFailed, CellProgress, CellResult, CellSpec, NullProgress
+from serving.runner import CellRunner
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

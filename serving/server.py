@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Sequence
 
-from orchestrator.models import load_model_config
+from serving.models import load_model_config
 
 # KV-cache size (GiB) for the CPU build: vLLM's default memory fraction (0.92 of RAM) fails start-up
 # on a 24 GiB machine, and 1 GiB holds ~1M tokens of the tiny model.

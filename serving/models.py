@@ -142,7 +142,7 @@ def load_model_config(model_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelDirError(
             f"model directory {str(model_dir)!r} has no config.json "
-            "(write one with orchestrator.models.write_model_dir)"
+            "(write one with serving.models.write_model_dir)"
         )
     try:
         return json.loads(path.read_text())
