@@ -12,6 +12,8 @@ naming it).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -58,22 +60,60 @@ def deadline(request: Request) -> float:
 
 # ---- scheduling ----
 
-class SchedulingPolicy:
-    """Decides the waiting-queue order, per-step admission and the preemption victim.
+@dataclass(frozen=True)
+class PrefillLimits:
+    """Per-step prefill control (``SchedulingPolicy.prefill_limits``); ``None`` = vLLM's configured value.
 
-    Override only what you need; every default is vLLM's FCFS behaviour:
+    - ``max_partial_prefills``: at most this many requests prefill at once; a waiting request is
+      admitted only while fewer running requests are mid-prefill (those admitted this step count);
+    - ``chunk_tokens``: at most this many tokens per request per step (Sarathi-Serve's chunk size;
+      vLLM's ``long_prefill_token_threshold``, which it lifts when only one request is in the system);
+    - ``step_tokens``: at most this many tokens per step in all (Sarathi-Serve's token budget;
+      vLLM's ``max_num_scheduled_tokens``, never above ``max_num_batched_tokens``).
+    """
+
+    max_partial_prefills: int | None = None
+    chunk_tokens: int | None = None
+    step_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_partial_prefills", "chunk_tokens", "step_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"PrefillLimits.{name} must be a positive int or None, got {value!r}")
+
+
+class PolicyError(RuntimeError):
+    """A policy hook returned something vLLM cannot act on (the message names the policy)."""
+
+
+class SchedulingPolicy:
+    """Decides the waiting-queue order, per-step admission, preemption and prefill limits.
+
+    Override only what you need; every default is vLLM's FCFS behaviour (full table with when each
+    hook runs: docs/writing-a-policy.md):
 
     - ``waiting_key(request)``: sort key of a waiting request, smaller is admitted first (ties:
-      earlier arrival). Evaluated when the request enters the waiting queue, so it must not change
-      while the request waits (for keys that do, see ``make_queue``).
+      earlier arrival). Evaluated when the request enters the waiting queue and, if the policy
+      sets ``rekey_every = k > 0``, again for every waiting request every ``k`` steps (keys that
+      change while requests wait: aging, least slack, cache-aware).
     - ``admit(request)``: False keeps the request waiting this step (others behind it may go).
-    - ``preemption_key(request)``: when KV blocks run out, the running request with the LARGEST
-      key is preempted first.
-    - ``on_schedule(output)``: called after every ``schedule()`` with vLLM's ``SchedulerOutput``
-      (e.g. to account tokens served per tenant).
+    - ``preemption_key(request)``: running requests are sorted by it before each step; when KV
+      blocks run out the one with the LARGEST key is preempted first.
+    - ``to_preempt()``: before each step, running requests to preempt now (proactive preemption,
+      e.g. a newly arrived higher-priority request displaces a lower one). They go back to the
+      waiting queue through vLLM's own ``_preempt_request`` and are not re-admitted this step.
+    - ``prefill_limits()``: before each step, a ``PrefillLimits`` (or None: vLLM's config).
+    - ``on_schedule(output)``: called after every ``schedule()`` with vLLM's ``SchedulerOutput``.
+    - ``make_queue()``: a whole custom ``RequestQueue``.
+
+    Readable from any hook: ``now()`` / ``waited(request)`` (the engine's clock, same basis as
+    ``request.arrival_time``: wall time on a server, virtual time in the simulator),
+    ``cached_prefix_len(request)`` (prompt tokens the prefix cache holds for a waiting request).
     """
 
     name: ClassVar[str] = ""
+    rekey_every: int = 0  # re-evaluate waiting_key of every waiting request every k steps (0: never)
 
     def bind(self, scheduler: Scheduler) -> None:
         """Called once with the live scheduler (``scheduler.running``, ``.requests``, ...)."""
@@ -88,13 +128,51 @@ class SchedulingPolicy:
     def admit(self, request: Request) -> bool:
         return True
 
+    def to_preempt(self) -> Iterable[Request]:
+        return ()  # not overridden -> no proactive preemption (and no per-step call)
+
+    def prefill_limits(self) -> PrefillLimits | None:
+        return None  # not overridden -> vLLM's configured limits (and no per-step call)
+
     def on_schedule(self, output: SchedulerOutput) -> None:
         pass
 
     def make_queue(self) -> RequestQueue | None:
-        """A custom ``RequestQueue`` for orders that change while requests wait (see ``vtc``).
-        None: a heap on ``waiting_key`` (or vLLM's FCFS deque if ``waiting_key`` is not overridden)."""
+        """A custom ``RequestQueue`` (interface: docs/writing-a-policy.md). None: a heap on
+        ``waiting_key`` (or vLLM's FCFS deque if ``waiting_key`` is not overridden)."""
         return None
+
+    # -- what a policy may read --
+
+    def now(self) -> float:
+        """The engine's clock in seconds, on the basis of ``request.arrival_time`` (epoch seconds on
+        a server and in-process by default, virtual seconds in the simulator)."""
+        return self.scheduler.clock()
+
+    def waited(self, request: Request) -> float:
+        """Seconds since ``request`` arrived at the engine (time in the system, preemptions included)."""
+        return self.scheduler.clock() - request.arrival_time
+
+    def cached_prefix_len(self, request: Request) -> int:
+        """Prompt tokens of a waiting request that vLLM's prefix cache would serve if it were admitted
+        now (0 without prefix caching). Costs one hash lookup per prompt block."""
+        from policies.vllm_glue import cached_prefix_tokens
+
+        return cached_prefix_tokens(self.scheduler, request)
+
+    def iter_waiting(self) -> Iterator[Request]:
+        """Waiting requests, best first (in the order vLLM will consider them). Lazy: reading the
+        first few is cheap. Do not preempt or admit while iterating."""
+        from policies.vllm_glue import iter_waiting
+
+        return iter_waiting(self.scheduler)
+
+    def free_slots(self) -> int:
+        """How many more requests vLLM would admit into the running batch (``max_num_seqs`` minus
+        the running ones)."""
+        from policies.vllm_glue import num_free_slots
+
+        return num_free_slots(self.scheduler)
 
     @property
     def orders_waiting(self) -> bool:
@@ -103,6 +181,14 @@ class SchedulingPolicy:
     @property
     def orders_victims(self) -> bool:
         return type(self).preemption_key is not SchedulingPolicy.preemption_key
+
+    @property
+    def preempts(self) -> bool:
+        return type(self).to_preempt is not SchedulingPolicy.to_preempt
+
+    @property
+    def limits_prefill(self) -> bool:
+        return type(self).prefill_limits is not SchedulingPolicy.prefill_limits
 
     def describe(self) -> str:
         return self.name or type(self).__qualname__

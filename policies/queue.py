@@ -2,7 +2,9 @@
 
 ``KeyedRequestQueue``: ordered by a policy's ``waiting_key`` (a heap, O(log n) add/pop). Ties go to
 the earlier arrival, then to insertion order. vLLM "prepends" preempted and skipped requests; in an
-ordered queue that is just a re-insert (as in vLLM's own PriorityRequestQueue).
+ordered queue that is just a re-insert (as in vLLM's own PriorityRequestQueue). ``rekey()``
+re-evaluates every key (O(n)), for keys that change while requests wait. Iteration is best-first and
+lazy (the first k requests cost O(k log k)); do not change the queue while iterating it.
 
 ``TenantQueue``: the same order (or vLLM's FCFS), split per tenant so that a tenant refused by the
 allocator can be closed for the rest of a step.
@@ -17,6 +19,20 @@ from typing import Any
 
 from vllm.v1.core.sched.request_queue import RequestQueue
 from vllm.v1.request import Request
+
+
+def _best_first(heap: list) -> Iterator:
+    """The entries of a binary heap, smallest first, without sorting all of it."""
+    if not heap:
+        return
+    frontier = [(heap[0], 0)]
+    n = len(heap)
+    while frontier:
+        entry, i = heapq.heappop(frontier)
+        yield entry
+        for child in (2 * i + 1, 2 * i + 2):
+            if child < n:
+                heapq.heappush(frontier, (heap[child], child))
 
 
 class KeyedRequestQueue(RequestQueue):
@@ -60,8 +76,13 @@ class KeyedRequestQueue(RequestQueue):
         return len(self._heap)
 
     def __iter__(self) -> Iterator[Request]:
-        return (e[3] for e in sorted(self._heap))
+        return (e[3] for e in _best_first(self._heap))
 
+    def rekey(self) -> None:
+        """Re-evaluate ``key`` for every waiting request (ties keep their arrival and insertion order)."""
+        key = self._key
+        self._heap = [(key(e[3]), e[1], e[2], e[3]) for e in self._heap]
+        heapq.heapify(self._heap)
 
 
 class TenantQueue(RequestQueue):
@@ -142,4 +163,13 @@ class TenantQueue(RequestQueue):
         return sum(map(len, self._heaps.values()))  # closed tenants too (stats, has_requests)
 
     def __iter__(self) -> Iterator[Request]:
-        return (e[1] for e in sorted(e for h in self._heaps.values() for e in h))
+        return (e[1] for e in heapq.merge(*map(_best_first, self._heaps.values())))
+
+    def rekey(self) -> None:
+        """Re-evaluate the policy's key for every waiting request (FCFS ranks do not change)."""
+        if self._key is None:
+            return
+        for t, heap in self._heaps.items():
+            self._heaps[t] = [((self._key(r), rank[1], rank[2]), r) for rank, r in heap]
+            heapq.heapify(self._heaps[t])
+        self._peeked = None

@@ -19,6 +19,10 @@ SCHEDULING_POLICIES: dict[str, str] = {
     "edf": "policies.scheduling.edf.EDF",
     "vtc": "policies.scheduling.vtc.VTC",
     "mlfq": "policies.scheduling.mlfq.MLFQ",
+    "fastserve": "policies.scheduling.fastserve.FastServe",
+    "las": "policies.scheduling.las.LAS",
+    "lpm": "policies.scheduling.lpm.LPM",
+    "sarathi": "policies.scheduling.sarathi.Sarathi",
 }
 
 BLOCK_ALLOCATORS: dict[str, str] = {
@@ -63,7 +67,7 @@ def block_allocator_class(name: str) -> type[BlockAllocator]:
 def _build(cls: type, name: str, args: dict[str, Any] | None):
     try:
         obj = cls(**(args or {}))
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # unknown parameter, or a value the class rejects
         raise ValueError(f"bad arguments {args!r} for {name!r}: {e}") from e
     if not type(obj).name:
         obj.name = name

@@ -96,6 +96,8 @@ def run_loop(
     kv_usage = sched.get_kv_cache_usage
 
     t = 0.0
+    if hasattr(sched, "clock"):
+        sched.clock = lambda: t  # the policies' now(): this loop's virtual clock (arrival_time's basis)
     i = 0
     num_done = 0
     num_steps = 0

@@ -201,7 +201,7 @@ def test_random_workload_victims_have_largest_key_and_all_finish(model_dir, poli
 # ---- registry and config ----
 
 def test_unknown_policy_names_it_and_lists_known():
-    with pytest.raises(ValueError, match=r"unknown scheduling policy 'sjff'.*edf, fcfs"):
+    with pytest.raises(ValueError, match=r"unknown scheduling policy 'sjff'.*edf, fastserve, fcfs"):
         policies.schedlab_config("sjff")
     with pytest.raises(ValueError, match=r"unknown block allocator 'lowest'.*lowest_id"):
         policies.vllm_args(allocator="lowest")

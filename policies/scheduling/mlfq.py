@@ -4,8 +4,8 @@ Inference Serving for Large Language Models", 2023). Level ``i`` has a quantum o
 Skip-join: a request enters at the level its prompt length suggests (prompts longer than
 ``prompt_quantum * 2**i`` skip level ``i``), so long prefills do not block short jobs.
 Lower level first, FIFO within a level; the victim is the running request at the lowest-priority
-level (latest arrival among them). FastServe's proactive preemption of running jobs by newly
-arrived higher-level ones is not done here: vLLM preempts only when KV blocks run out.
+level (latest arrival among them). Preemption only when KV blocks run out; ``fastserve`` adds
+FastServe's proactive preemption of running jobs by waiting higher-level ones.
 """
 
 from policies.base import SchedulingPolicy, prompt_len, tokens_served
