@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import policies
-from orchestrator.models import write_model_dir
+from serving.models import write_model_dir
 from policies.base import PolicyError, PrefillLimits, SchedulingPolicy
 from policies.driver import Trace, run, step
 from policies.inprocess import make_request, make_scheduler
