@@ -1,4 +1,9 @@
-"""``python -m orchestrator +experiment=sjf_vs_fcfs [overrides]`` (see docs/experiments.md)."""
+"""``python -m orchestrator +experiment=sjf_vs_fcfs [overrides]`` (see docs/experiments.md).
+
+Exit codes: 0 all cells FINISHED (or skipped), 1 a cell FAILED, 2 a configuration error (Hydra
+could not compose the config, or a cell failed validation; no server was started), 128 + N after
+signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP; every server stopped, open runs marked KILLED).
+"""
 
 from __future__ import annotations
 
@@ -10,23 +15,47 @@ from omegaconf import DictConfig
 
 from orchestrator import config as _config  # noqa: F401  (registers the structured config schema)
 
+EXIT_CELL_FAILED, EXIT_CONFIG = 1, 2
+_composed = False  # Hydra composed the config and called main()
+
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> int:
+    global _composed
+    _composed = True
     from orchestrator.experiment import ConfigError, run_experiment
+    from orchestrator.signals import exit_code, signal_name
 
     try:
         result = run_experiment(cfg, list(HydraConfig.get().overrides.task))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; all servers stopped", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_CONFIG)
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({signal_name(e)}); all servers stopped", file=sys.stderr)
+        sys.exit(exit_code(e))
     if result.failed:
-        sys.exit(1)
+        sys.exit(EXIT_CELL_FAILED)
     return 0
 
 
+def cli() -> None:
+    try:
+        main()
+    except SystemExit as e:
+        # Hydra reports a composition error (unknown group option, bad override, wrong type) and exits 1,
+        # the code of a failed cell: a config that never ran is a usage error.
+        if e.code == 1 and not _composed:
+            sys.exit(EXIT_CONFIG)
+        raise
+    except Exception:  # HYDRA_FULL_ERROR=1 re-raises composition errors
+        if not _composed:
+            import traceback
+
+            traceback.print_exc()
+            sys.exit(EXIT_CONFIG)
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -9,11 +9,12 @@ allocator and loader parameters) are checked against the target's signature by
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
@@ -117,6 +118,22 @@ class SchedlabConfig:
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> dict[str, list[str]]:
+    """Keys of typed (dataclass) nodes that are not fields of the dataclass -> the fields it has.
+
+    Hydra's ``+key=value`` adds a key even to a typed node, so ``+workload.num_requestz=20`` would
+    compose, run and be recorded while nothing reads it; free-form ``args`` dicts are not typed."""
+    out: dict[str, list[str]] = {}
+    typ = OmegaConf.get_type(cfg)
+    known = [f.name for f in dataclasses.fields(typ)] if dataclasses.is_dataclass(typ) else None
+    for key in cfg.keys():
+        if known is not None and key not in known:
+            out[f"{prefix}{key}"] = known
+        elif not OmegaConf.is_missing(cfg, key) and isinstance(cfg[key], DictConfig):
+            out.update(unknown_keys(cfg[key], f"{prefix}{key}."))
+    return out
 
 
 def register_configs() -> None:

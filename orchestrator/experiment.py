@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 import policies
 from orchestrator.backends import CellFailed, CellResult, CellSpec, backend_class, make_backend
+from orchestrator.checks import check_engine, check_known_keys
 from orchestrator.grid import Cell, plan_cells
 from serving.models import MODEL_PRESETS, load_model_config, write_model_dir
 from orchestrator.progress import GridProgress
@@ -30,7 +33,8 @@ from orchestrator.report import (
     plot_ttft_cdf, print_table, save_table_png,
 )  # fmt: skip
 from serving.server import vllm_version
-from orchestrator.tracking import Tracker
+from orchestrator.signals import signal_name, signals_ignored, stop_signals_raise
+from orchestrator.tracking import StoreError, Tracker
 from orchestrator.workload import build_requests
 from workloads.metrics import load_records, records_frame, save_parquet
 
@@ -63,6 +67,7 @@ def prepare(cells: Sequence[Cell], results_dir: Path) -> list[CellSpec]:
     for cell in cells:
         c = cell.cfg
         try:
+            check_known_keys(c)
             backend_class(c.backend.name)
             if c.model.preset not in MODEL_PRESETS:
                 raise ValueError(f"model.preset: unknown preset {c.model.preset!r}; known: {sorted(MODEL_PRESETS)}")
@@ -74,6 +79,7 @@ def prepare(cells: Sequence[Cell], results_dir: Path) -> list[CellSpec]:
                 raise ValueError(f"policy/allocator: {e}") from None
             model_dir = write_model_dir(c.model.preset, model_root, dict(c.model.arch_overrides) or None)
             max_len = c.model.max_model_len or load_model_config(model_dir)["max_position_embeddings"]
+            check_engine(c, max_len)
             wkey = json.dumps([OmegaConf.to_container(c.workload), c.seed, str(model_dir), max_len], sort_keys=True)
             if wkey not in built:
                 built[wkey] = build_requests(c.workload, c.seed, model_dir, max_len)
@@ -88,6 +94,24 @@ def prepare(cells: Sequence[Cell], results_dir: Path) -> list[CellSpec]:
 def _cell_data(cell: Cell, cfg: DictConfig, status: str, summary=None, records=None, ts=None) -> CellData:
     return CellData(dims=cell.dims, compared=compared_value(cell.cfg, cfg.compare_by), status=status,
                     summary=dict(summary or {}), records=records, timeseries=ts)  # fmt: skip
+
+
+def _record_outcome(tracker: Tracker, run_id: str, spec: CellSpec, outcome: CellResult | BaseException) -> str:
+    """Record a cell's result or failure in MLflow and its directory; return its one-line summary."""
+    if isinstance(outcome, CellResult):
+        _record_success(tracker, run_id, spec, outcome)
+        tracker.end_cell(run_id, "FINISHED")
+        s = outcome.summary
+        return (f"ttft p50 {s.get('ttft_ms_p50', float('nan')):.0f} ms, "
+                f"e2e p99 {s.get('e2e_ms_p99', float('nan')):.0f} ms, "
+                f"{int(s.get('num_completed', 0))}/{int(s.get('num_requests', 0))} ok")  # fmt: skip
+    err = f"{type(outcome).__name__}: {outcome}"
+    try:
+        if isinstance(outcome, CellFailed):
+            _log_server_log(tracker, run_id, Path(spec.out_dir), outcome.log_path, outcome.log_text)
+    finally:
+        tracker.end_cell(run_id, "FAILED", err)
+    return str(outcome).strip().splitlines()[0] if str(outcome).strip() else type(outcome).__name__
 
 
 def _record_success(tracker: Tracker, run_id: str, spec: CellSpec, res: CellResult) -> tuple[pd.DataFrame, Path]:
@@ -140,15 +164,32 @@ def _read_back(tracker: Tracker, run) -> tuple[dict, pd.DataFrame | None, pd.Dat
 
 
 def run_experiment(cfg: DictConfig, task_overrides: Sequence[str], console: Console | None = None) -> ExperimentResult:
+    """Plan, validate, run and report a grid. SIGINT, SIGTERM and SIGHUP raise ``KeyboardInterrupt``
+    after every server is stopped and every open run (cells and parent) is marked KILLED."""
     console = console or Console(soft_wrap=True)  # long result lines stay one line in logs
-    cells = plan_cells(cfg, task_overrides)
-    results_dir = Path(cfg.results_dir).resolve()
-    specs = prepare(cells, results_dir)  # all validation happens here, before any server
-    by_key = {c.key: c for c in cells}
-    exp_dir = results_dir / _slug(cfg.experiment_name)
-    exp_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cells = plan_cells(cfg, task_overrides)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise ConfigError(f"grid: {e}") from None
+    specs = prepare(cells, Path(cfg.results_dir).resolve())  # all validation happens here, before any server
+    try:
+        tracker = Tracker(cfg)
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+    with stop_signals_raise():
+        try:
+            return _run_grid(cfg, cells, specs, tracker, console)
+        except KeyboardInterrupt as e:
+            with signals_ignored():
+                tracker.kill_open(f"interrupted ({signal_name(e)})")
+            raise
 
-    tracker = Tracker(cfg)
+
+def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker: Tracker,
+              console: Console) -> ExperimentResult:  # fmt: skip
+    by_key = {c.key: c for c in cells}
+    exp_dir = Path(cfg.results_dir).resolve() / _slug(cfg.experiment_name)
+    exp_dir.mkdir(parents=True, exist_ok=True)
     parent_id = tracker.start_parent(cfg, len(cells))
     done_runs = {} if cfg.force else {c.key: r for c in cells if (r := tracker.finished_run(c))}
     todo = [s for s in specs if s.key not in done_runs]
@@ -167,8 +208,8 @@ def run_experiment(cfg: DictConfig, task_overrides: Sequence[str], console: Cons
     with GridProgress(len(todo), enabled=cfg.progress, console=console) as gp:
 
         def started(spec: CellSpec):
-            run_id = tracker.start_cell(by_key[spec.key], {"vllm_version": version})
             task = gp.cell_started(spec.label)
+            run_id = tracker.start_cell(by_key[spec.key], {"vllm_version": version})
             running[spec.key] = (run_id, task, time.monotonic())
             return task
 
@@ -177,31 +218,27 @@ def run_experiment(cfg: DictConfig, task_overrides: Sequence[str], console: Cons
                 cell = by_key[spec.key]
                 run_id, task, t0 = running.pop(spec.key)
                 wall = time.monotonic() - t0
+                try:
+                    line = _record_outcome(tracker, run_id, spec, outcome)
+                    if isinstance(outcome, CellResult):
+                        data[spec.key] = _cell_data(cell, cfg, "FINISHED", outcome.summary,
+                                                    records_frame(outcome.records), outcome.timeseries)  # fmt: skip
+                except Exception as e:  # a recording error fails this cell only; the grid goes on
+                    outcome = e
+                    line = f"recording failed: {type(e).__name__}: {e}"
+                    tracker.end_cell(run_id, "FAILED", line)
                 if isinstance(outcome, CellResult):
-                    frame, _ = _record_success(tracker, run_id, spec, outcome)
-                    tracker.end_cell(run_id, "FINISHED")
-                    data[spec.key] = _cell_data(cell, cfg, "FINISHED", outcome.summary, frame, outcome.timeseries)
                     status[spec.key] = ("FINISHED", run_id, wall)
-                    s = outcome.summary
-                    gp.cell_done(task, f"[green]FINISHED[/] {spec.label}  {wall:.1f} s  "
-                                 f"ttft p50 {s.get('ttft_ms_p50', float('nan')):.0f} ms, "
-                                 f"e2e p99 {s.get('e2e_ms_p99', float('nan')):.0f} ms, "
-                                 f"{int(s.get('num_completed', 0))}/{int(s.get('num_requests', 0))} ok")  # fmt: skip
+                    gp.cell_done(task, f"[green]FINISHED[/] {spec.label}  {wall:.1f} s  {line}")
                 else:
-                    err = f"{type(outcome).__name__}: {outcome}"
-                    if isinstance(outcome, CellFailed):
-                        _log_server_log(tracker, run_id, Path(spec.out_dir), outcome.log_path, outcome.log_text)
-                    tracker.end_cell(run_id, "FAILED", err)
                     data[spec.key] = _cell_data(cell, cfg, "FAILED")
                     status[spec.key] = ("FAILED", run_id, wall)
-                    first = str(outcome).strip().splitlines()[0] if str(outcome).strip() else type(outcome).__name__
-                    gp.cell_done(task, f"[red]FAILED[/] {spec.label}  {wall:.1f} s  {first[:200]}")
-        except KeyboardInterrupt:
-            gp.print("[red]interrupted: stopping servers[/]")
-            backend.stop_all()
-            for run_id, _, _ in running.values():
-                tracker.end_cell(run_id, "KILLED", "interrupted (Ctrl-C)")
-            tracker.end_parent("KILLED")
+                    gp.cell_done(task, f"[red]FAILED[/] {spec.label}  {wall:.1f} s  {line[:300]}")
+        except KeyboardInterrupt as e:
+            with signals_ignored():  # a second signal must not cut the clean-up short
+                gp.print(f"[red]interrupted ({signal_name(e)}): stopping servers[/]")
+                backend.stop_all()
+                tracker.kill_open(f"interrupted ({signal_name(e)})")
             raise
         finally:
             backend.close()

@@ -56,6 +56,28 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+class StoreError(ValueError):
+    """The MLflow store is missing, empty or unreadable while recorded artifacts exist."""
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def check_store(db: Path, artifact_root: Path) -> None:
+    """Refuse to start a new store next to artifacts of an old one: MLflow would silently create an
+    empty database, and every cell would run again with its earlier results unreachable."""
+    if db.exists() and db.stat().st_size > 0:
+        return
+    if artifact_root.is_dir() and any(p.is_file() for p in artifact_root.rglob("*")):
+        state = "is empty" if db.exists() else "is missing"
+        raise StoreError(
+            f"the MLflow store {db} {state}, but {artifact_root} holds artifacts of recorded runs; nothing was "
+            f"changed. Restore {db.name} from a backup, or move {artifact_root} away (or set results_dir to a "
+            f"new directory) to start afresh"
+        )
+
+
 class Tracker:
     """The MLflow experiment of one schedlab experiment, its parent run and cell runs."""
 
@@ -64,16 +86,27 @@ class Tracker:
         results.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = cfg.mlflow.tracking_uri or default_tracking_uri(results)
         artifact_root = Path(cfg.mlflow.artifact_location or results / "mlartifacts").resolve()
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        db = _sqlite_path(self.tracking_uri)
+        if db is not None:
+            check_store(db, artifact_root)
         self.name = cfg.experiment_name
-        exp = self.client.get_experiment_by_name(self.name)
-        if exp is None:
-            self.experiment_id = self.client.create_experiment(
-                self.name, artifact_location=(artifact_root / self.name).as_uri()
-            )
-        else:
-            self.experiment_id = exp.experiment_id
+        try:
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            exp = self.client.get_experiment_by_name(self.name)
+            if exp is None:
+                self.experiment_id = self.client.create_experiment(
+                    self.name, artifact_location=(artifact_root / self.name).as_uri()
+                )
+            else:
+                self.experiment_id = exp.experiment_id
+        except Exception as e:  # sqlite "file is not a database", "database disk image is malformed", ...
+            raise StoreError(
+                f"mlflow.tracking_uri: cannot read the MLflow store {self.tracking_uri} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); it is left as it is. Restore it from a "
+                f"backup, or set results_dir (or mlflow.tracking_uri) to a new location to start afresh"
+            ) from None
         self.parent_id: str | None = None
+        self.open_cells: set[str] = set()  # cell runs started and not yet ended (KILLED on a signal)
 
     # --- parent run -----------------------------------------------------------------------
     def start_parent(self, cfg: DictConfig, num_cells: int) -> str:
@@ -102,6 +135,12 @@ class Tracker:
         if self.parent_id:
             self.client.set_terminated(self.parent_id, status=status)
 
+    def kill_open(self, reason: str) -> None:
+        """Mark every cell run still open, and the parent run, KILLED (the grid was interrupted)."""
+        for run_id in list(self.open_cells):
+            self.end_cell(run_id, "KILLED", reason)
+        self.end_parent("KILLED")
+
     # --- cell runs ------------------------------------------------------------------------
     def finished_run(self, cell: Cell) -> Any | None:
         """Latest FINISHED run of this cell (by its config hash), or None."""
@@ -126,6 +165,7 @@ class Tracker:
             **{f"dim.{k}": v for k, v in cell.dims.items()},
         }
         run = self.client.create_run(self.experiment_id, run_name=cell.label, tags=tags)
+        self.open_cells.add(run.info.run_id)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         for k in ("grid", "cells"):
             resolved.pop(k, None)
@@ -177,6 +217,7 @@ class Tracker:
         if error:
             self.client.set_tag(run_id, TAG_ERROR, error[:5000])
         self.client.set_terminated(run_id, status=status)
+        self.open_cells.discard(run_id)
 
     def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path | None:
         try:

@@ -44,6 +44,8 @@ def _check_kwargs(fn: Callable, kwargs: dict[str, Any], where: str) -> None:
 def load_requests(w: DictConfig, seed: int, model_dir: str | Path | None, max_model_len: int) -> list[Request]:
     """Requests of a workload config (not yet materialized: no token ids)."""
     args = OmegaConf.to_container(w.args, resolve=True) or {}
+    if w.num_requests is not None and w.num_requests < 0:
+        raise WorkloadConfigError(f"workload.num_requests: must be >= 0, got {w.num_requests}")
     if w.loader == "synthetic":
         kwargs = {
             "num_requests": w.num_requests if w.num_requests is not None else 100,
@@ -67,6 +69,8 @@ def load_requests(w: DictConfig, seed: int, model_dir: str | Path | None, max_mo
         if w.loader == "sharegpt" and "model_dir" in inspect.signature(LOADERS[w.loader]).parameters:
             args.setdefault("model_dir", model_dir)
         trace = workloads.load_trace(w.loader, path, **args)
+        if not trace:
+            raise WorkloadConfigError(f"workload.path: trace file {str(path)!r} has no requests")
         if w.num_requests is not None or w.duration_s is not None:
             trace = workloads.truncate(trace, w.num_requests, w.duration_s)
         if w.rate is not None:

@@ -42,6 +42,8 @@ def with_rate(
 
 def truncate(requests: list[Request], num_requests: int | None = None, duration_s: float | None = None) -> Trace:
     """Keep the first ``num_requests`` rows and/or the rows arriving within ``duration_s`` of the first."""
+    if num_requests is not None and num_requests < 0:
+        raise ValueError(f"num_requests must be >= 0, got {num_requests}")
     rows = sorted(requests, key=lambda r: r.arrival_s)
     if duration_s is not None and rows:
         t0 = rows[0].arrival_s

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -107,7 +109,10 @@ class VLLMRayBackend(Backend):
             init_kw["num_cpus"] = be.ray_num_cpus
         self._own_ray = not ray.is_initialized()
         if self._own_ray:
+            keep = signal.getsignal(signal.SIGTERM)
             ray.init(**init_kw)
+            if keep is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, keep)  # ray.init installs sys.exit on SIGTERM: keep the driver's
         self.live: dict[str, ray.actor.ActorHandle] = {}
 
     def _capacity(self, num_cpus: float, num_gpus: float) -> int:
