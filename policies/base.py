@@ -12,7 +12,7 @@ naming it).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from vllm.v1.core.sched.request_queue import RequestQueue
     from vllm.v1.core.sched.scheduler import Scheduler
     from vllm.v1.request import Request
+
+    from policies.block_pool import FreeBlocks
 
 
 # ---- request metadata (HTTP: "priority" field, "vllm_xargs" -> SamplingParams.extra_args) ----
@@ -196,14 +198,60 @@ class SchedulingPolicy:
 
 # ---- KV block allocation ----
 
-class BlockAllocator:
-    """Decides which free KV blocks a request receives, and so which cached blocks are evicted.
+class Allocation:
+    """One new-block allocation, as vLLM's KV cache manager asks for it.
 
-    ``take(pool, n)`` must return ``n`` distinct blocks that are in ``pool.free_block_queue`` and
-    REMOVE them from it (``free_block_queue.popleft_n`` / ``.remove``); the pool then evicts their
-    cached hashes and sets ``ref_cnt = 1``. Free blocks with a hash are cached-but-free: taking one
-    evicts it from the prefix cache. Block 0 (the null block) is never in the free queue.
-    ``on_free(blocks)`` sees blocks whose ``ref_cnt`` just dropped to 0 (already back in the queue).
+    ``request`` is the vLLM ``Request`` (None only if vLLM allocates outside a request's call, which
+    vLLM 0.32 does not); ``num_blocks`` the number of block ids to choose; ``first_block_index`` the
+    position of the first new block in the request's block table, i.e. the blocks it already holds in
+    this KV cache ``group``. Prefix-cache hits never reach the allocator (vLLM touches cached blocks).
+    """
+
+    __slots__ = ("request", "request_id", "num_blocks", "first_block_index", "group")
+
+    def __init__(self, request: Request | None, request_id: str | None, num_blocks: int,
+                 first_block_index: int = 0, group: int = 0) -> None:
+        self.request = request
+        self.request_id = request_id
+        self.num_blocks = num_blocks
+        self.first_block_index = first_block_index
+        self.group = group
+
+    @property
+    def tenant(self) -> str:
+        return tenant(self.request) if self.request is not None else "default"
+
+    @property
+    def is_prefill(self) -> bool:
+        """True for prompt blocks (a first chunk, a later chunk, or the recompute after a
+        preemption); False for decode growth (blocks for newly generated tokens)."""
+        r = self.request
+        if r is None:
+            return False
+        return r.num_computed_tokens < max(r.num_prompt_tokens, r.num_tokens - 1)
+
+    def __repr__(self) -> str:
+        return (f"Allocation(request_id={self.request_id!r}, num_blocks={self.num_blocks}, "
+                f"first_block_index={self.first_block_index}, group={self.group})")
+
+
+class BlockAllocator:
+    """Decides which free KV blocks a request receives (placement).
+
+    ``choose(free, alloc)`` returns ``alloc.num_blocks`` distinct ids of free blocks for the request
+    ``alloc.request``. It only *chooses*: the pool unlinks the ids from vLLM's free queue, evicts their
+    prefix-cache hashes and sets their ref counts, after checking the choice (a used block, the null
+    block, a duplicate or a wrong count is a ``BlockChoiceError`` naming this allocator and the block,
+    and the pool is left as it was). ``free`` (``policies.block_pool.FreeBlocks``) answers "is this id
+    free / cached", hands out vLLM's own next blocks (``front_uncached``) and asks the eviction policy
+    for victims (``evict``): a free block with a prefix-cache hash is cached-but-free, and choosing it
+    evicts that prefix. Not overriding ``choose`` keeps vLLM's own BlockPool code untouched.
+
+    ``on_free(blocks)`` sees every block whose ``ref_cnt`` just dropped to 0, in vLLM's eviction order
+    (keep an index of free ids here: choosing must not walk all blocks). The eviction policy (which
+    cached-but-free block is reused first, ``policies/eviction/``) is separate: ``allocator_args``
+    ``{"eviction": "lfu", "eviction_args": {...}}``, default the class's ``eviction`` ("lru", vLLM's).
+
     ``admit(request)`` can keep a waiting request out this step (e.g. a per-tenant quota). With
     ``admits_by_tenant = True`` a refusal keeps the request's whole tenant out for the rest of the
     step (its later requests are not asked): FIFO within a tenant, and a step stays cheap when many
@@ -212,13 +260,16 @@ class BlockAllocator:
 
     name: ClassVar[str] = ""
     admits_by_tenant: ClassVar[bool] = False
+    eviction: ClassVar[str] = "lru"  # default eviction policy; allocator_args["eviction"] overrides it
 
     def bind(self, pool: BlockPool, scheduler: Scheduler) -> None:
         self.pool = pool
         self.scheduler = scheduler
 
-    def take(self, pool: BlockPool, num_blocks: int) -> list[KVCacheBlock]:
-        return pool.free_block_queue.popleft_n(num_blocks)  # vLLM: front of the free queue
+    def choose(self, free: FreeBlocks, alloc: Allocation) -> list[int]:
+        """vLLM's choice: recently freed uncached blocks first (LIFO), then eviction victims."""
+        ids = free.front_uncached(alloc.num_blocks)
+        return ids + free.evict(alloc.num_blocks - len(ids))
 
     def on_free(self, blocks: list[KVCacheBlock]) -> None:
         pass
@@ -228,16 +279,58 @@ class BlockAllocator:
 
     @property
     def replaces_pool(self) -> bool:
-        """Whether the BlockPool must be switched to ``PolicyBlockPool`` (False keeps stock vLLM)."""
+        """Whether the pool runs schedlab's choice path (False: stock vLLM, no hook at all)."""
         cls = type(self)
-        return cls.take is not BlockAllocator.take or cls.on_free is not BlockAllocator.on_free
+        return (cls.choose is not BlockAllocator.choose or cls.on_free is not BlockAllocator.on_free
+                or self.eviction_policy.name != "lru")
+
+    @property
+    def eviction_policy(self) -> EvictionPolicy:
+        policy = self.__dict__.get("_eviction_policy")
+        if policy is None:
+            from policies.registry import load_eviction
+
+            policy = self._eviction_policy = load_eviction(type(self).eviction)
+        return policy
+
+    @eviction_policy.setter
+    def eviction_policy(self, policy: EvictionPolicy) -> None:
+        self._eviction_policy = policy
+
+    def describe(self) -> str:
+        name = self.name or type(self).__qualname__
+        evict = self.eviction_policy.name
+        return name if evict == type(self).eviction else f"{name}+{evict}"
+
+
+class EvictionPolicy:
+    """Decides which cached-but-free block is reused first when uncached free blocks run out.
+
+    ``on_free(blocks)``: blocks that joined the cached end of vLLM's free queue (a prefix-cache hash,
+    or a pinned read), in vLLM's order; ``on_hit(blocks)``: prefix-cache hits touched these blocks
+    (free or in use); ``evict(free, k)``: up to ``k`` ids of free blocks, first to evict first. Keep an
+    index (a heap, an ordered dict) with lazy deletion: a block in the index may have been hit (it is
+    then not free; ``free.is_free(id)`` says so) since it was indexed.
+    """
+
+    name: ClassVar[str] = ""
+
+    def on_free(self, blocks: list[KVCacheBlock]) -> None:
+        pass
+
+    def on_hit(self, blocks: Sequence[KVCacheBlock]) -> None:
+        pass
+
+    def evict(self, free: FreeBlocks, k: int) -> list[int]:
+        raise NotImplementedError
 
     def describe(self) -> str:
         return self.name or type(self).__qualname__
 
 
 def iter_free_blocks(pool: BlockPool):
-    """The blocks of ``pool.free_block_queue`` front to back (front = vLLM's next to hand out)."""
+    """The blocks of ``pool.free_block_queue`` front to back (front = vLLM's next to hand out). O(all
+    free blocks): for prototypes and checks, not for ``choose`` at scale."""
     queue = pool.free_block_queue
     block = queue.fake_free_list_head.next_free_block
     tail = queue.fake_free_list_tail

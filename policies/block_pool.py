@@ -1,51 +1,176 @@
-"""``PolicyBlockPool``: vLLM's BlockPool with the choice of free blocks delegated to a BlockAllocator.
+"""The allocator's side of vLLM's BlockPool: the allocator chooses block ids, the pool does the rest.
 
-The live pool is referenced from the KV cache coordinator, every single-type manager and every
-``KVCacheBlock.pool``, so ``install_allocator`` switches the existing object's ``__class__`` in place
-instead of building a new pool. Only ``get_new_blocks`` (which blocks) and ``free_blocks`` (a
-notification) change; hashing, ref counts and the free queue stay vLLM's.
+``install_allocator`` routes the one decision of vLLM's ``BlockPool.get_new_blocks`` (which free
+blocks) through ``BlockChooser``: it builds the request's ``Allocation``, asks ``allocator.choose``,
+checks the ids (free, distinct, not the null block, as many as asked) and hands the blocks back to
+vLLM's own code, which unlinks them from the free queue, evicts their hashes and sets ref counts.
+Nothing here copies vLLM: the version-specific hooks live in ``policies.vllm_glue``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
+from collections.abc import Callable, Iterable, Sequence
 
 from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
 
-from policies.base import BlockAllocator
+from policies import vllm_glue
+from policies.base import Allocation, BlockAllocator, EvictionPolicy
+from policies.vllm_glue import PolicyBlockPool  # noqa: F401  (the pool's class once installed)
 
 
-class PolicyBlockPool(BlockPool):
-    allocator: BlockAllocator
+class BlockChoiceError(ValueError):
+    """An allocator or eviction policy chose blocks the pool cannot hand out (nothing was changed)."""
 
-    def get_new_blocks(self, num_blocks: int) -> list[KVCacheBlock]:
-        if num_blocks > self.get_num_free_blocks():
-            raise ValueError(f"Cannot get {num_blocks} free blocks from the pool")
-        ret = self.allocator.take(self, num_blocks)
-        if self._reuse_watchers:
-            self._notify_reuse(ret)
-        for block in ret:  # as vLLM: a cached-but-free block is evicted when handed out
-            if self.enable_caching:
-                self._maybe_evict_cached_block(block)
-            assert block.ref_cnt == 0, f"allocator {self.allocator.describe()!r} handed out block {block.block_id} with ref_cnt={block.ref_cnt}"
-            block.ref_cnt += 1
-            if self.metrics_collector:
-                self.metrics_collector.on_block_allocated(block)
-        return ret
 
-    def free_blocks(self, ordered_blocks: Iterable[KVCacheBlock]) -> None:
-        ordered_blocks = list(ordered_blocks)
-        super().free_blocks(ordered_blocks)
-        released = [b for b in ordered_blocks if b.ref_cnt == 0 and not b.is_null and b.pool is self]
-        if released:
-            self.allocator.on_free(released)
+class FreeBlocks:
+    """What ``choose`` may read: the pool's free blocks by id, vLLM's own order, the eviction policy."""
+
+    __slots__ = ("pool", "blocks", "eviction", "victims")
+
+    def __init__(self, pool: BlockPool, eviction: EvictionPolicy) -> None:
+        self.pool = pool
+        self.blocks = pool.blocks
+        self.eviction = eviction
+        self.victims: list[int] = []  # handed out by evict() in the current choice
+
+    def __len__(self) -> int:
+        return self.pool.get_num_free_blocks()
+
+    @property
+    def num_blocks(self) -> int:
+        """All blocks, the null block (id 0) included: ids run 1 .. num_blocks - 1."""
+        return len(self.blocks)
+
+    def is_free(self, block_id: int) -> bool:
+        return self.blocks[block_id].prev_free_block is not None
+
+    def is_uncached(self, block_id: int) -> bool:
+        """Free and without a prefix-cache hash: handing it out evicts nothing."""
+        block = self.blocks[block_id]
+        return block.prev_free_block is not None and block.block_hash is None
+
+    def front_uncached(self, k: int) -> list[int]:
+        """Up to ``k`` uncached free ids in vLLM's order (recently freed first, LIFO), O(k)."""
+        out = []
+        if k > 0:
+            for block in vllm_glue.free_queue_front(self.pool):
+                if block.block_hash is not None or len(out) == k:
+                    break
+                out.append(block.block_id)
+        return out
+
+    def evict(self, k: int) -> list[int]:
+        """``k`` free ids chosen by the eviction policy (cached-but-free blocks, first victim first).
+        Every victim must be in the returned choice."""
+        if k <= 0:
+            return []
+        ids = self.eviction.evict(self, k)
+        if len(ids) < k:  # blocks the indexes do not cover (e.g. a reset prefix cache): vLLM's order
+            seen = set(ids)
+            for block in vllm_glue.free_queue_front(self.pool):
+                if len(ids) == k:
+                    break
+                if block.block_id not in seen:
+                    ids.append(block.block_id)
+        self.victims += ids
+        return ids
+
+
+class BlockChooser:
+    """Called by the free queue's ``popleft_n``: one allocator choice, checked."""
+
+    def __init__(self, pool: BlockPool, scheduler, allocator: BlockAllocator) -> None:
+        self.pool, self.scheduler, self.allocator = pool, scheduler, allocator
+        self.eviction = allocator.eviction_policy
+        self.free = FreeBlocks(pool, self.eviction)
+
+    def __call__(self, n: int, manager, request_id: str | None) -> list[KVCacheBlock]:
+        if manager is None:
+            alloc = Allocation(None, None, n)
+        else:
+            alloc = Allocation(self.scheduler.requests.get(request_id), request_id, n,
+                               vllm_glue.held_blocks(manager, request_id), vllm_glue.group_of(manager))
+        free = self.free
+        free.victims = []
+        ids = self.allocator.choose(free, alloc)
+        return self.check(ids, alloc)
+
+    def check(self, ids: Sequence[int], alloc: Allocation) -> list[KVCacheBlock]:
+        who = f"allocator {self.allocator.describe()!r}"
+        blocks, n = self.pool.blocks, alloc.num_blocks
+        if len(ids) != n:
+            raise BlockChoiceError(f"{who} chose {len(ids)} blocks for {alloc}, which needs {n}")
+        out = []
+        for block_id in ids:
+            if not (type(block_id) is int and 0 < block_id < len(blocks)):
+                what = "the null block" if block_id == 0 else f"not a block id of this pool (1..{len(blocks) - 1})"
+                raise BlockChoiceError(f"{who} chose block {block_id!r} for {alloc}: {what}")
+            block = blocks[block_id]
+            if block.prev_free_block is None:
+                raise BlockChoiceError(f"{who} chose block {block_id} for {alloc}, which is not free (ref_cnt={block.ref_cnt})")
+            out.append(block)
+        if n > 1 and len(set(ids)) != n:
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise BlockChoiceError(f"{who} chose block {dup} twice for {alloc}")
+        victims = self.free.victims
+        if victims and not set(victims) <= set(ids):
+            unused = sorted(set(victims) - set(ids))
+            raise BlockChoiceError(f"{who} asked the eviction policy {self.eviction.describe()!r} for victims "
+                                   f"{unused} and did not use them (every id evict() returns must be chosen)")
+        return out
+
+    def on_join(self, blocks: list[KVCacheBlock], at_cached_end: bool) -> None:
+        self.allocator.on_free(blocks)
+        if at_cached_end:
+            self.eviction.on_free(blocks)
 
 
 def install_allocator(pool: BlockPool, allocator: BlockAllocator, scheduler) -> None:
-    """Bind ``allocator`` to the live ``pool``; switch the pool's class only if the allocator needs it
-    (so ``default`` runs vLLM's own code)."""
+    """Bind ``allocator`` to the live ``pool``. An allocator that keeps vLLM's choice and eviction
+    (``default``) leaves vLLM's code untouched; any other gets the checked choice path."""
+    if callable(getattr(type(allocator), "take", None)):
+        raise TypeError(
+            f"allocator {allocator.describe()!r} overrides take(pool, n), the v1 allocator API: "
+            "rename it to choose(self, free, alloc) and return alloc.num_blocks free block ids instead of "
+            "removing blocks from pool.free_block_queue (the pool now unlinks them); an index of free ids "
+            "belongs in on_free(blocks). See docs/writing-a-policy.md, 'A block allocator'."
+        )
     allocator.bind(pool, scheduler)
     if allocator.replaces_pool:
-        pool.__class__ = PolicyBlockPool
-        pool.allocator = allocator
+        chooser = BlockChooser(pool, scheduler, allocator)
+        free_now = list(vllm_glue.free_queue_front(pool))
+        vllm_glue.install_choice(pool, scheduler, chooser, chooser.on_join, chooser.eviction.on_hit)
+        allocator.on_free(free_now)  # the initial free blocks, so indexes start complete
+        chooser.eviction.on_free([b for b in free_now if b.block_hash is not None])
+
+
+class IdHeap:
+    """Free block ids, lowest (or highest) first, with lazy deletion: an id is pushed when its block
+    becomes free and checked when popped. Each id is in the heap at most once."""
+
+    __slots__ = ("heap", "members", "sign")
+
+    def __init__(self, highest_first: bool = False) -> None:
+        self.heap: list[int] = []
+        self.members: set[int] = set()
+        self.sign = -1 if highest_first else 1
+
+    def push_all(self, ids: Iterable[int]) -> None:
+        members, heap, sign = self.members, self.heap, self.sign
+        for i in ids:
+            if i not in members:
+                members.add(i)
+                heapq.heappush(heap, sign * i)
+
+    def pop(self, k: int, ok: Callable[[int], bool]) -> list[int]:
+        """Up to ``k`` ids, lowest (highest) first, for which ``ok(id)`` holds; others are dropped
+        (a dropped id is pushed again when its block is freed again)."""
+        out, heap, members, sign = [], self.heap, self.members, self.sign
+        while heap and len(out) < k:
+            i = sign * heapq.heappop(heap)
+            members.discard(i)
+            if ok(i):
+                out.append(i)
+        return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from policies.base import BlockAllocator, SchedulingPolicy
+from policies.base import BlockAllocator, EvictionPolicy, SchedulingPolicy
 
 SCHEDULING_POLICIES: dict[str, str] = {
     "fcfs": "policies.scheduling.fcfs.FCFS",
@@ -32,6 +32,15 @@ BLOCK_ALLOCATORS: dict[str, str] = {
     "fifo_evict": "policies.allocators.fifo_evict.FIFOEvictAllocator",
     "lru_evict": "policies.allocators.lru_evict.LRUEvictAllocator",
     "tenant_quota": "policies.allocators.tenant_quota.TenantQuotaAllocator",
+    "tenant_partition": "policies.allocators.tenant_partition.TenantPartitionAllocator",
+    "lifetime": "policies.allocators.lifetime.LifetimeAllocator",
+}
+
+EVICTION_POLICIES: dict[str, str] = {
+    "lru": "policies.eviction.lru.LRU",
+    "fifo": "policies.eviction.fifo.FIFO",
+    "lfu": "policies.eviction.lfu.LFU",
+    "shared_prefix": "policies.eviction.shared_prefix.SharedPrefix",
 }
 
 
@@ -69,7 +78,7 @@ def _build(cls: type, name: str, args: dict[str, Any] | None):
         obj = cls(**(args or {}))
     except (TypeError, ValueError) as e:  # unknown parameter, or a value the class rejects
         raise ValueError(f"bad arguments {args!r} for {name!r}: {e}") from e
-    if not type(obj).name:
+    if not type(obj).__dict__.get("name"):  # unnamed, or a subclass inheriting a built-in's name
         obj.name = name
     return obj
 
@@ -79,6 +88,24 @@ def load_policy(name: str, args: dict[str, Any] | None = None) -> SchedulingPoli
     return _build(scheduling_policy_class(name), name, args)
 
 
+def eviction_policy_class(name: str) -> type[EvictionPolicy]:
+    return _resolve("eviction policy", name, EVICTION_POLICIES, EvictionPolicy)
+
+
+def load_eviction(name: str, args: dict[str, Any] | None = None) -> EvictionPolicy:
+    """An instance of the eviction policy ``name`` built with keyword arguments ``args``."""
+    return _build(eviction_policy_class(name), name, args)
+
+
 def load_allocator(name: str, args: dict[str, Any] | None = None) -> BlockAllocator:
-    """An instance of the block allocator ``name`` built with keyword arguments ``args``."""
-    return _build(block_allocator_class(name), name, args)
+    """An instance of the block allocator ``name`` built with keyword arguments ``args``; the keys
+    ``eviction`` / ``eviction_args`` choose its eviction policy (default: the class's ``eviction``)."""
+    args = dict(args or {})
+    eviction, eviction_args = args.pop("eviction", None), args.pop("eviction_args", None)
+    allocator = _build(block_allocator_class(name), name, args)
+    if eviction is not None or eviction_args:
+        try:
+            allocator.eviction_policy = load_eviction(eviction or type(allocator).eviction, eviction_args)
+        except ValueError as e:
+            raise ValueError(f"allocator {name!r}: {e}") from e
+    return allocator

@@ -8,6 +8,143 @@ around the one decision we change.
 from __future__ import annotations
 
 # ---- block pool: allocation and eviction (free queue, single-type managers) ----
+#
+# vLLM 0.32's ``BlockPool.get_new_blocks(n)`` makes its one decision with ``free_block_queue.popleft_n(n)``
+# and then evicts hashes and sets ref counts itself. The single-type managers (one per KV cache group)
+# are where vLLM knows which request a block is for: ``allocate_new_blocks(request_id, ...)`` and
+# ``allocate_external_computed_blocks(request_id, ...)`` call ``get_new_blocks``. So:
+# - the live free queue's class becomes ``ChoosingFreeBlockQueue``: ``popleft_n`` asks a chooser for
+#   block ids and unlinks them with vLLM's own ``remove``; ``prepend_n``/``append_n``/``append`` report
+#   blocks joining the queue (prepended: evict-first = uncached; appended: the cached end);
+# - each manager's class becomes a subclass (``_request_aware``) that sets (manager, request_id) as the queue's
+#   per-call context around vLLM's own allocate methods;
+# - the pool's class becomes ``PolicyBlockPool`` only to report prefix-cache hits (``touch``).
+# Live objects are referenced from the coordinator, managers and every ``KVCacheBlock.pool``, so their
+# classes are switched in place instead of building new ones.
+
+import functools  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+
+from vllm.v1.core.block_pool import BlockPool  # noqa: E402
+from vllm.v1.core.kv_cache_utils import FreeKVCacheBlockQueue, KVCacheBlock  # noqa: E402
+from vllm.v1.core.single_type_kv_cache_manager import SingleTypeKVCacheManager  # noqa: E402
+
+for _owner, _members in ((FreeKVCacheBlockQueue, ("popleft_n", "remove", "prepend_n", "append_n", "append")),
+                         (BlockPool, ("get_new_blocks", "touch", "free_blocks")),
+                         (SingleTypeKVCacheManager, ("allocate_new_blocks", "allocate_external_computed_blocks",
+                                                     "req_to_blocks", "kv_cache_group_id", "block_pool"))):
+    for _member in _members:  # a vLLM upgrade that renames one of these breaks here, at import
+        if _member not in dir(_owner) and _member not in getattr(_owner.__init__, "__code__").co_names:
+            raise ImportError(f"policies.vllm_glue: vLLM's {_owner.__name__} has no {_member!r} (written for vLLM 0.32)")
+
+
+class ChoosingFreeBlockQueue(FreeKVCacheBlockQueue):
+    """vLLM's free queue whose ``popleft_n`` hands out the blocks ``choose(n, manager, request_id)``
+    names (checked by the chooser) instead of the first ``n``."""
+
+    choose: Callable[[int, object, str | None], list[KVCacheBlock]]
+    on_join: Callable[[list[KVCacheBlock], bool], None]  # (blocks, at_cached_end)
+    context: tuple[object, str] | None
+
+    def popleft_n(self, n: int) -> list[KVCacheBlock]:
+        if n == 0:
+            return []
+        context = self.context
+        blocks = self.choose(n, *context) if context is not None else self.choose(n, None, None)
+        remove = FreeKVCacheBlockQueue.remove
+        for block in blocks:
+            remove(self, block)
+        return blocks
+
+    def prepend_n(self, blocks: list[KVCacheBlock]) -> None:
+        super().prepend_n(blocks)
+        if blocks:
+            self.on_join(blocks, False)
+
+    def append_n(self, blocks: list[KVCacheBlock]) -> None:
+        super().append_n(blocks)
+        if blocks:
+            self.on_join(blocks, True)
+
+    def append(self, block: KVCacheBlock) -> None:
+        super().append(block)
+        self.on_join([block], True)
+
+
+class PolicyBlockPool(BlockPool):
+    """vLLM's BlockPool that reports prefix-cache hits (``touch``) to the eviction policy."""
+
+    on_hit: Callable[[Sequence[KVCacheBlock]], None]
+
+    def touch(self, blocks: Sequence[KVCacheBlock]) -> None:
+        super().touch(blocks)
+        self.on_hit(blocks)
+
+
+def _with_request(vllm_method):
+    """vLLM's manager method, run with (manager, request_id) as the free queue's context."""
+
+    @functools.wraps(vllm_method)
+    def method(self, request_id, *args, **kwargs):
+        queue = self.block_pool.free_block_queue
+        outer, queue.context = queue.context, (self, request_id)
+        try:
+            return vllm_method(self, request_id, *args, **kwargs)
+        finally:
+            queue.context = outer
+
+    return method
+
+
+@functools.cache
+def _request_aware(cls: type) -> type:
+    """``cls`` (a single-type manager class) whose allocate methods tell the allocator the request."""
+    return type(cls.__name__, (cls,), {
+        "__module__": __name__, "__qualname__": cls.__qualname__, "__slots__": (), "request_aware": True,
+        "allocate_new_blocks": _with_request(cls.allocate_new_blocks),
+        "allocate_external_computed_blocks": _with_request(cls.allocate_external_computed_blocks),
+    })
+
+
+def held_blocks(manager, request_id: str | None) -> int:
+    """Blocks ``request_id`` already holds in ``manager``'s KV cache group (its next block index)."""
+    return len(manager.req_to_blocks.get(request_id, ())) if request_id is not None else 0
+
+
+def group_of(manager) -> int:
+    return manager.kv_cache_group_id
+
+
+def managers_of(scheduler) -> list:
+    return list(scheduler.kv_cache_manager.coordinator.single_type_managers)
+
+
+def install_choice(pool: BlockPool, scheduler, choose, on_join, on_hit) -> None:
+    """Route ``pool``'s choice of free blocks through ``choose`` and its free/hit events to the
+    callbacks; managers allocating from ``pool`` pass their request as context."""
+    queue = pool.free_block_queue
+    queue.__class__ = ChoosingFreeBlockQueue
+    queue.choose, queue.on_join, queue.context = choose, on_join, None
+    pool.__class__ = PolicyBlockPool
+    pool.on_hit = on_hit
+    for manager in managers_of(scheduler):
+        if manager.block_pool is pool and not getattr(manager, "request_aware", False):
+            manager.__class__ = _request_aware(type(manager))
+
+
+def is_free(block: KVCacheBlock) -> bool:
+    """Linked in vLLM's free queue (the null block never is)."""
+    return block.prev_free_block is not None
+
+
+def free_queue_front(pool: BlockPool):
+    """The free queue's blocks from its front (vLLM's next to hand out)."""
+    queue = pool.free_block_queue
+    block, tail = queue.fake_free_list_head.next_free_block, queue.fake_free_list_tail
+    while block is not tail and block is not None:
+        yield block
+        block = block.next_free_block
+
 
 
 

@@ -123,9 +123,13 @@ def test_lowest_id_packs_into_lowest_free_ids(model_dir):
 def test_random_is_seeded(model_dir):
     first, r3 = two_freed_then_one(model_dir, "random", {"seed": 0})
     rng, free, expected = random.Random(0), list(range(1, 12)), {}
-    for rid in ("r0", "r1", "r2"):  # 2 blocks each, sampled from the free queue (still in id order)
-        expected[rid] = rng.sample(free, 2)
-        free = [b for b in free if b not in expected[rid]]
+    for rid in ("r0", "r1", "r2"):  # 2 blocks each: draw free[randbelow(len)], the last id fills the hole
+        expected[rid] = []
+        for _ in range(2):
+            j = rng._randbelow(len(free))
+            expected[rid].append(free[j])
+            free[j] = free[-1]
+            free.pop()
     assert first == expected
     assert two_freed_then_one(model_dir, "random", {"seed": 0}) == (first, r3)
     assert two_freed_then_one(model_dir, "random", {"seed": 1})[0] != first
@@ -197,23 +201,23 @@ def test_tenant_quota_closes_a_refused_tenant_for_the_step(model_dir):
 
 # ---- checked mode ----
 
-class ForgetfulAllocator(BlockAllocator):
-    """Deliberately broken: hands out the front blocks but leaves them in the free queue."""
+class V1Allocator(BlockAllocator):
+    """Written against the v1 API (take(pool, n) unlinking blocks itself)."""
 
     def take(self, pool, num_blocks):
-        from policies.base import iter_free_blocks
-        return list(iter_free_blocks(pool))[:num_blocks]
+        return pool.free_block_queue.popleft_n(num_blocks)
 
 
-def test_checked_mode_catches_a_broken_allocator(model_dir):
-    sched = sched_for(model_dir, f"{__name__}.ForgetfulAllocator", num_blocks=16)
-    sched.add_request(req("r0", tokens(0, 20), 2))
-    with pytest.raises(AllocatorInvariantError, match=r"ForgetfulAllocator.*block 1 is both free .*and owned"):
-        step(sched)
+def test_a_v1_allocator_fails_saying_what_to_change(model_dir):
+    with pytest.raises(TypeError, match=r"V1Allocator.*overrides take\(pool, n\).*choose\(self, free, alloc\)"):
+        sched_for(model_dir, f"{__name__}.V1Allocator", num_blocks=16)
 
 
 @pytest.mark.parametrize("allocator, args", [("default", None), ("lowest_id", None), ("random", {"seed": 3}),
-                                            ("fifo_evict", None), ("lru_evict", None), ("tenant_quota", {"quota_blocks": 8})])
+                                            ("fifo_evict", None), ("lru_evict", None), ("tenant_quota", {"quota_blocks": 8}),
+                                            ("tenant_partition", {"tenants": ["A", "B"]}), ("lifetime", {"long_tokens": 20}),
+                                            ("lowest_id", {"eviction": "lfu"}), ("lowest_id", {"eviction": "shared_prefix"}),
+                                            ("default", {"eviction": "fifo"})])
 def test_builtins_keep_invariants_on_random_workload(model_dir, allocator, args):
     sched = sched_for(model_dir, allocator, args, num_blocks=24, max_num_seqs=8, max_num_batched_tokens=96)
     reqs = random_workload(seed=2, n=40)
