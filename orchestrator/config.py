@@ -77,6 +77,10 @@ class BackendConfig:
     cell_timeout_s: float = 1800.0  # whole cell: start + replay + scrape
     request_timeout_s: float = 300.0
     warmup_requests: int = 0
+    # Before measuring, replay the workload once with fresh prompts of the same lengths (same batch
+    # shapes, no prefix-cache hits with the measured requests): a cold CPU server builds kernels per
+    # batch shape during its first replay. A CPU cell without it is invalid (orchestrator.validity).
+    warmup_replay: bool = True
     metrics_interval_s: float = 0.5  # /metrics scrape period for the time series
     env: Dict[str, str] = field(default_factory=dict)  # extra environment of each vLLM server
     # Ray: "auto" joins an existing cluster, null starts a local one.
@@ -87,6 +91,15 @@ class BackendConfig:
     ray_ship_code: bool = True  # remote cluster: upload this repo as the Ray runtime_env working_dir
     # Simulator: step-time model spec, e.g. "roofline:h100".
     step_model: Optional[str] = None
+
+
+@dataclass
+class ValidityConfig:
+    """Bounds of a valid cell (orchestrator.validity); invalid cells leave the table, resume re-runs them."""
+
+    max_failed_fraction: float = 0.0  # failed requests allowed, as a fraction of the measured ones
+    max_client_stalled_fraction: float = 0.1  # completed requests timed across a load-generator pause
+    max_send_lag_ms_p99: float = 1000.0  # how late the load generator sent requests (p99)
 
 
 @dataclass
@@ -107,6 +120,8 @@ class SchedlabConfig:
     slo_tpot_ms: Optional[float] = None
     check_invariants: bool = False  # policies re-check vLLM invariants every step (slow)
     progress: bool = True
+    validity: ValidityConfig = field(default_factory=ValidityConfig)
+    invalid_ok: bool = False  # keep invalid cells in the comparison (marked) and reuse them on resume
     # Grid: key -> list of values, each a Hydra override (`policy: [fcfs, sjf]` -> policy=fcfs,
     # policy=sjf); the cartesian product of all keys, times every entry of `cells`.
     grid: Dict[str, Any] = field(default_factory=dict)

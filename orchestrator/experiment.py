@@ -28,13 +28,15 @@ from orchestrator.checks import check_engine, check_known_keys
 from orchestrator.grid import Cell, plan_cells
 from serving.models import MODEL_PRESETS, load_model_config, write_model_dir
 from orchestrator.progress import GridProgress
+from orchestrator.html_report import write_report
 from orchestrator.report import (
-    CellData, compared_value, comparison_table, plot_cell_timeseries, plot_latency_percentiles, plot_timeseries,
+    CellData, comparison_table, label_cells, plot_cell_timeseries, plot_latency_percentiles, plot_timeseries,
     plot_ttft_cdf, print_table, save_table_png,
 )  # fmt: skip
 from serving.server import vllm_version
 from orchestrator.signals import signal_name, signals_ignored, stop_signals_raise
-from orchestrator.tracking import StoreError, Tracker
+from orchestrator.tracking import StoreError, Tracker, run_coords, run_identity
+from orchestrator.validity import invalid_reasons, verdict
 from orchestrator.workload import build_requests
 from workloads.metrics import load_records, records_frame, save_parquet
 
@@ -91,18 +93,16 @@ def prepare(cells: Sequence[Cell], results_dir: Path) -> list[CellSpec]:
     return specs
 
 
-def _cell_data(cell: Cell, cfg: DictConfig, status: str, summary=None, records=None, ts=None) -> CellData:
-    return CellData(dims=cell.dims, compared=compared_value(cell.cfg, cfg.compare_by), status=status,
-                    summary=dict(summary or {}), records=records, timeseries=ts)  # fmt: skip
-
-
-def _record_outcome(tracker: Tracker, run_id: str, spec: CellSpec, outcome: CellResult | BaseException) -> str:
-    """Record a cell's result or failure in MLflow and its directory; return its one-line summary."""
+def _record_outcome(
+    tracker: Tracker, run_id: str, spec: CellSpec, outcome: CellResult | BaseException, bounds: DictConfig
+) -> str:
+    """Record a cell's result (with its validity verdict) or failure in MLflow and its directory;
+    return its one-line summary."""
     if isinstance(outcome, CellResult):
-        _record_success(tracker, run_id, spec, outcome)
+        reasons = _record_success(tracker, run_id, spec, outcome, bounds)
         tracker.end_cell(run_id, "FINISHED")
         s = outcome.summary
-        return (f"ttft p50 {s.get('ttft_ms_p50', float('nan')):.0f} ms, "
+        return ("" if not reasons else f"[yellow]INVALID: {'; '.join(reasons)}[/]  ") + (f"ttft p50 {s.get('ttft_ms_p50', float('nan')):.0f} ms, "
                 f"e2e p99 {s.get('e2e_ms_p99', float('nan')):.0f} ms, "
                 f"{int(s.get('num_completed', 0))}/{int(s.get('num_requests', 0))} ok")  # fmt: skip
     err = f"{type(outcome).__name__}: {outcome}"
@@ -114,12 +114,19 @@ def _record_outcome(tracker: Tracker, run_id: str, spec: CellSpec, outcome: Cell
     return str(outcome).strip().splitlines()[0] if str(outcome).strip() else type(outcome).__name__
 
 
-def _record_success(tracker: Tracker, run_id: str, spec: CellSpec, res: CellResult) -> tuple[pd.DataFrame, Path]:
+def _record_success(tracker: Tracker, run_id: str, spec: CellSpec, res: CellResult, bounds: DictConfig) -> list[str]:
+    """Log a finished cell and its validity verdict (tag ``schedlab.valid`` + ``summary.json``);
+    return why it is invalid ([] = valid)."""
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    res.summary.setdefault("num_trace_requests", float(len(spec.requests)))
+    judged = verdict(res.summary, bounds)
     tracker.log_result(run_id, {**res.summary, "cell_wall_s": res.wall_s}, res.timeseries)
+    tracker.set_validity(run_id, judged["reasons"])
     save_parquet(res.records, out / "requests.parquet")
-    (out / "summary.json").write_text(json.dumps(res.summary, indent=2, sort_keys=True, default=str))
+    (out / "summary.json").write_text(
+        json.dumps({**res.summary, "validity": judged}, indent=2, sort_keys=True, default=str)
+    )
     tracker.log_artifact(run_id, out / "requests.parquet")
     tracker.log_artifact(run_id, out / "summary.json")
     if res.timeseries is not None:
@@ -131,7 +138,7 @@ def _record_success(tracker: Tracker, run_id: str, spec: CellSpec, res: CellResu
     _log_server_log(tracker, run_id, out, res.log_path, res.log_text)
     if res.info:
         tracker.client.log_batch(run_id, tags=[_tag(f"schedlab.{k}", v) for k, v in res.info.items()])
-    return records_frame(res.records), out
+    return judged["reasons"]
 
 
 def _tag(k: str, v: str):
@@ -149,18 +156,52 @@ def _log_server_log(tracker: Tracker, run_id: str, out: Path, log_path: str | No
         tracker.log_artifact(run_id, log_path)
 
 
-def _read_back(tracker: Tracker, run) -> tuple[dict, pd.DataFrame | None, pd.DataFrame | None]:
-    """Metrics, per-request frame and time series of an earlier FINISHED run (resume)."""
-    summary = {k: v for k, v in run.data.metrics.items() if not k.startswith("timeseries/")}
+def _read_back(tracker: Tracker, run_id: str) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Per-request frame and time series of a recorded run."""
     records = ts = None
     with tempfile.TemporaryDirectory() as d:
-        p = tracker.download(run.info.run_id, "requests.parquet", d)
+        p = tracker.download(run_id, "requests.parquet", d)
         if p:
             records = records_frame(load_records(p))
-        p = tracker.download(run.info.run_id, "timeseries.parquet", d)
+        p = tracker.download(run_id, "timeseries.parquet", d)
         if p:
             ts = pd.read_parquet(p)
-    return summary, records, ts
+    return records, ts
+
+
+def _usable(cfg: DictConfig):
+    """Whether a FINISHED run may stand for its cell: valid under today's bounds, or invalid_ok."""
+    return lambda run: cfg.invalid_ok or not invalid_reasons(run.data.metrics, cfg.validity)
+
+
+def experiment_cells(tracker: Tracker, cfg: DictConfig, order: Sequence[str], cache: dict) -> list[CellData]:
+    """Every cell of the experiment found in MLflow (any invocation, any backend), one per cell key:
+    its newest usable FINISHED run, else its newest FINISHED run, else its newest run. ``order``:
+    cell keys shown first; ``cache``: run id -> (records, time series) already in memory."""
+    usable = _usable(cfg)
+    best: dict[str, object] = {}
+    rank = lambda r: (r.info.status == "FINISHED" and usable(r), r.info.status == "FINISHED")  # noqa: E731
+    for run in tracker.cell_runs():  # newest first: a later run only wins by rank
+        key = run.data.tags.get("schedlab.cell_key", run.info.run_id)
+        if key not in best or rank(run) > rank(best[key]):
+            best[key] = run
+    keys = [k for k in order if k in best] + sorted(set(best) - set(order), key=lambda k: best[k].info.start_time)
+    cells = []
+    for key in keys:
+        run = best[key]
+        summary = {k: v for k, v in run.data.metrics.items() if not k.startswith("timeseries/")}
+        finished = run.info.status == "FINISHED"
+        reasons = invalid_reasons(summary, cfg.validity) if finished else []
+        c = CellData(label=run.info.run_name or key, status=run.info.status, coords=run_coords(run),
+                     config=run_identity(run), summary=summary, run_id=run.info.run_id, key=key, reasons=reasons,
+                     in_table=finished and (not reasons or bool(cfg.invalid_ok)))  # fmt: skip
+        if not finished:
+            c.reasons = [(run.data.tags.get("schedlab.error", c.status).strip().splitlines() or [c.status])[0][:300]]
+        if c.in_table:
+            c.records, c.timeseries = cache.get(c.run_id) or _read_back(tracker, c.run_id)
+        cells.append(c)
+    label_cells(cells, cfg.compare_by)
+    return cells
 
 
 def run_experiment(cfg: DictConfig, task_overrides: Sequence[str], console: Console | None = None) -> ExperimentResult:
@@ -191,16 +232,18 @@ def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker
     exp_dir = Path(cfg.results_dir).resolve() / _slug(cfg.experiment_name)
     exp_dir.mkdir(parents=True, exist_ok=True)
     parent_id = tracker.start_parent(cfg, len(cells))
-    done_runs = {} if cfg.force else {c.key: r for c in cells if (r := tracker.finished_run(c))}
+    usable = _usable(cfg)
+    done_runs = {} if cfg.force else {c.key: r for c in cells if (r := tracker.finished_run(c, usable))}
     todo = [s for s in specs if s.key not in done_runs]
     console.print(
         f"[bold]{cfg.experiment_name}[/]: {len(cells)} cells on backend [cyan]{cfg.backend.name}[/], "
         f"{len(todo)} to run, {len(done_runs)} already FINISHED"
         + (" (skipped; force=true re-runs them)" if done_runs else "")
+        + (" (a cell's invalid or failed runs are re-run)" if todo and not cfg.force else "")
     )
     console.print(f"MLflow: {tracker.tracking_uri}  experiment {cfg.experiment_name!r}  parent run {parent_id}")
 
-    data: dict[str, CellData] = {}
+    cache: dict[str, tuple] = {}  # run id -> (records, time series) of this invocation's cells
     status: dict[str, tuple[str, str | None, float]] = {}  # key -> (status, run_id, wall_s)
     running: dict[str, tuple[str, object, float]] = {}  # key -> (run_id, progress task, t0)
     backend = make_backend(cfg)
@@ -215,14 +258,12 @@ def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker
 
         try:
             for spec, outcome in backend.map_cells(todo, started):
-                cell = by_key[spec.key]
                 run_id, task, t0 = running.pop(spec.key)
                 wall = time.monotonic() - t0
                 try:
-                    line = _record_outcome(tracker, run_id, spec, outcome)
+                    line = _record_outcome(tracker, run_id, spec, outcome, cfg.validity)
                     if isinstance(outcome, CellResult):
-                        data[spec.key] = _cell_data(cell, cfg, "FINISHED", outcome.summary,
-                                                    records_frame(outcome.records), outcome.timeseries)  # fmt: skip
+                        cache[run_id] = (records_frame(outcome.records), outcome.timeseries)
                 except Exception as e:  # a recording error fails this cell only; the grid goes on
                     outcome = e
                     line = f"recording failed: {type(e).__name__}: {e}"
@@ -231,7 +272,6 @@ def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker
                     status[spec.key] = ("FINISHED", run_id, wall)
                     gp.cell_done(task, f"[green]FINISHED[/] {spec.label}  {wall:.1f} s  {line}")
                 else:
-                    data[spec.key] = _cell_data(cell, cfg, "FAILED")
                     status[spec.key] = ("FAILED", run_id, wall)
                     gp.cell_done(task, f"[red]FAILED[/] {spec.label}  {wall:.1f} s  {line[:300]}")
         except KeyboardInterrupt as e:
@@ -244,16 +284,13 @@ def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker
             backend.close()
 
     for key, run in done_runs.items():
-        summary, frame, ts = _read_back(tracker, run)
-        data[key] = _cell_data(by_key[key], cfg, "FINISHED", summary, frame, ts)
         status[key] = ("SKIPPED", run.info.run_id, 0.0)
-    ordered = [data[c.key] for c in cells if c.key in data]
-    table = _report(cfg, tracker, ordered, exp_dir, console)
-    pd.DataFrame(
-        [{"cell": c.label, "key": c.key, "status": status[c.key][0], "run_id": status[c.key][1],
-          "wall_s": round(status[c.key][2], 2)} for c in cells]
-    ).to_csv(exp_dir / "cells.csv", index=False)  # fmt: skip
+    # The outputs cover every cell of the experiment in MLflow, not only this invocation's.
+    all_cells = experiment_cells(tracker, cfg, [c.key for c in cells], cache)
+    table = _report(cfg, tracker, all_cells, exp_dir, console)
+    _write_cells_csv(all_cells, status, exp_dir / "cells.csv")
     tracker.log_artifact(parent_id, exp_dir / "cells.csv")
+    tracker.log_artifact(parent_id, write_report(exp_dir / "report.html", cfg, table, all_cells, exp_dir, tracker))
     failed = sum(1 for s, _, _ in status.values() if s == "FAILED")
     finished = sum(1 for s, _, _ in status.values() if s == "FINISHED")
     tracker.log_result(parent_id, {"cells_finished": finished, "cells_failed": failed,
@@ -266,20 +303,40 @@ def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker
     return ExperimentResult(finished, failed, len(done_runs), table, exp_dir, parent_id, tracker.tracking_uri)
 
 
+def _write_cells_csv(cells: list[CellData], status: dict, path: Path) -> None:
+    this_run = {rid: st for st, rid, _ in status.values() if rid}
+    action = {"FINISHED": "ran", "FAILED": "ran", "SKIPPED": "reused"}
+    pd.DataFrame(
+        [{"cell": c.label, "key": c.key, "status": c.status, "valid": c.status == "FINISHED" and c.valid,
+          "in_table": c.in_table, "reason": "; ".join(c.reasons), "compared": c.compared, "group": c.group,
+          "this_invocation": action.get(this_run.get(c.run_id), ""), "run_id": c.run_id,
+          "wall_s": round(float(c.summary.get("cell_wall_s", float("nan"))), 2), "coords": json.dumps(c.coords)}
+         for c in cells]
+    ).to_csv(path, index=False)  # fmt: skip
+
+
 def _report(cfg: DictConfig, tracker: Tracker, cells: list[CellData], exp_dir: Path, console: Console) -> pd.DataFrame:
+    """Comparison of the table's cells (terminal, CSV, PNG, plots); the cells left out listed under it."""
     table = comparison_table(cells, cfg.compare_by, cfg.baseline)
-    print_table(table, cfg.compare_by, cfg.baseline, cfg.experiment_name)
+    print_table(table, cfg.compare_by, cfg.baseline, cfg.experiment_name, console)
+    left_out = [c for c in cells if not c.in_table or not c.valid]
+    if left_out:
+        console.print("cells not in the table" + (" or kept although invalid (invalid_ok=true)" if cfg.invalid_ok
+                                                   else "") + ":", style="yellow")  # fmt: skip
+        for c in left_out:
+            what = "kept, invalid" if c.in_table else ("invalid" if c.status == "FINISHED" else c.status)
+            console.print(f"  {c.label}: {what}: {'; '.join(c.reasons)}  (run {c.run_id})", markup=False)
+    outputs = [exp_dir / f for f in ("comparison.csv", "comparison.png", "ttft_cdf.png", "latency_percentiles.png",
+                                     "kv_usage_queue_length.png")]  # fmt: skip
+    for p in outputs:
+        p.unlink(missing_ok=True)  # never leave an earlier invocation's table beside this one
     if table.empty:
         return table
     table.to_csv(exp_dir / "comparison.csv", index=False)
-    outputs = [
-        exp_dir / "comparison.csv",
-        save_table_png(table, cfg.compare_by, cfg.baseline, exp_dir / "comparison.png", cfg.experiment_name),
-        plot_ttft_cdf(cells, cfg.compare_by, exp_dir / "ttft_cdf.png"),
-        plot_latency_percentiles(cells, cfg.compare_by, exp_dir / "latency_percentiles.png"),
-        plot_timeseries(cells, cfg.compare_by, exp_dir / "kv_usage_queue_length.png"),
-    ]
+    save_table_png(table, cfg.compare_by, cfg.baseline, exp_dir / "comparison.png", cfg.experiment_name)
+    plot_ttft_cdf(cells, cfg.compare_by, exp_dir / "ttft_cdf.png")
+    plot_latency_percentiles(cells, cfg.compare_by, exp_dir / "latency_percentiles.png")
+    plot_timeseries(cells, cfg.compare_by, exp_dir / "kv_usage_queue_length.png")
     for p in outputs:
-        if p is not None:
-            tracker.log_artifact(tracker.parent_id, p)
+        tracker.log_artifact(tracker.parent_id, p)
     return table

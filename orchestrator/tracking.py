@@ -15,7 +15,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 
@@ -25,12 +25,16 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from orchestrator.grid import Cell
+from orchestrator.grid import Cell, flatten, identity_config, plugin_source_hash
 
 TAG_ROLE = "schedlab.role"
 TAG_EXPERIMENT = "schedlab.experiment"
 TAG_CELL_KEY = "schedlab.cell_key"
 TAG_ERROR = "schedlab.error"
+TAG_COORDS = "schedlab.coords"
+TAG_VALID = "schedlab.valid"
+TAG_INVALID_REASON = "schedlab.invalid_reason"
+PARAM_SOURCE = "plugin_source_hash"
 TIMESERIES_COLUMNS = ("num_running", "num_waiting", "kv_cache_usage")
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 _MAX_POINTS = 1000  # per time series in MLflow (the full series is in timeseries.parquet)
@@ -43,17 +47,6 @@ def default_tracking_uri(results_dir: str | Path) -> str:
 def _metric_name(name: str) -> str:
     # MLflow allows alphanumerics, _ - . space / ; tenant names may contain anything else.
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    """Nested dict -> dotted-key strings, as MLflow params."""
-    out: dict[str, str] = {}
-    if isinstance(data, dict) and data:
-        for k, v in data.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    else:
-        out[prefix.rstrip(".")] = json.dumps(data) if isinstance(data, (list, dict)) else str(data)
-    return out
 
 
 class StoreError(ValueError):
@@ -142,14 +135,27 @@ class Tracker:
         self.end_parent("KILLED")
 
     # --- cell runs ------------------------------------------------------------------------
-    def finished_run(self, cell: Cell) -> Any | None:
-        """Latest FINISHED run of this cell (by its config hash), or None."""
+    def finished_run(self, cell: Cell, usable: Callable[[Any], bool] = lambda run: True) -> Any | None:
+        """Latest FINISHED run of this cell (by its config hash) that ``usable`` accepts, or None."""
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{TAG_CELL_KEY}` = '{cell.key}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=1,
+            order_by=["attributes.start_time DESC"],
         )  # fmt: skip
-        return runs[0] if runs else None
+        return next((r for r in runs if usable(r)), None)
+
+    def cell_runs(self) -> list[Any]:
+        """Every cell run of this experiment, from any invocation, newest first."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{TAG_ROLE}` = 'cell'",
+                order_by=["attributes.start_time DESC"], max_results=1000, page_token=token,
+            )  # fmt: skip
+            runs += list(page)
+            token = page.token
+            if not token:
+                return runs
 
     def start_cell(self, cell: Cell, extra_params: dict[str, str] | None = None) -> str:
         cfg = cell.cfg
@@ -163,6 +169,7 @@ class Tracker:
             "allocator": cfg.allocator.name,
             "workload": cfg.workload.loader,
             **{f"dim.{k}": v for k, v in cell.dims.items()},
+            TAG_COORDS: json.dumps(cell.coords),
         }
         run = self.client.create_run(self.experiment_id, run_name=cell.label, tags=tags)
         self.open_cells.add(run.info.run_id)
@@ -177,6 +184,7 @@ class Tracker:
             "seed": str(cfg.seed),
             "backend": cfg.backend.name,
             **{f"cfg.{k}": v for k, v in flatten(resolved).items()},
+            PARAM_SOURCE: plugin_source_hash(str(cfg.policy.name), str(cfg.allocator.name)),
             **(extra_params or {}),
         }
         items = [Param(k, v[:6000]) for k, v in params.items()]
@@ -213,6 +221,12 @@ class Tracker:
         if Path(path).exists():
             self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def set_validity(self, run_id: str, reasons: list[str]) -> None:
+        tags = [RunTag(TAG_VALID, str(not reasons).lower())]
+        if reasons:
+            tags.append(RunTag(TAG_INVALID_REASON, "; ".join(reasons)[:5000]))
+        self.client.log_batch(run_id, tags=tags)
+
     def end_cell(self, run_id: str, status: str, error: str | None = None) -> None:
         if error:
             self.client.set_tag(run_id, TAG_ERROR, error[:5000])
@@ -228,3 +242,20 @@ class Tracker:
             )
         except Exception:  # missing artifact: the cell is shown without it
             return None
+
+
+def run_identity(run: Any) -> dict[str, str]:
+    """A cell run's measured config, from its ``cfg.*`` params (as ``grid.cell_identity`` gives it)."""
+    p = run.data.params
+    out = identity_config({k[4:]: v for k, v in p.items() if k.startswith("cfg.")})
+    if PARAM_SOURCE in p:
+        out[PARAM_SOURCE] = p[PARAM_SOURCE]
+    return out
+
+
+def run_coords(run: Any) -> dict[str, str]:
+    """A cell run's coordinates (``schedlab.coords``; runs recorded before it: its ``dim.*`` tags)."""
+    tags = run.data.tags
+    if TAG_COORDS in tags:
+        return json.loads(tags[TAG_COORDS])
+    return {k[4:]: v for k, v in tags.items() if k.startswith("dim.")}

@@ -19,7 +19,7 @@ import policies
 from serving.cell import CellFailed, CellProgress, CellResult, CellSpec
 from serving.models import write_model_dir
 from serving.server import ServerStartError, VLLMServer, vllm_build, vllm_version
-from workloads.loadgen import replay_with_server_metrics
+from workloads.loadgen import replay, replay_with_server_metrics, warmup_copies
 from workloads.metrics import summarize
 from workloads.server_metrics import server_summary
 
@@ -118,6 +118,11 @@ class CellRunner:
                 why = "timed out" if timed_out.is_set() else "failed to start"
                 raise CellFailed(f"vLLM server {why}: {error_line(log_path) or e}\n{e}", str(log_path),
                                  info=info) from None
+            warm = []
+            if be.get("warmup_replay", False):
+                progress.phase("warm-up replay")
+                warm = replay(server.url, server.model_name, warmup_copies(spec.requests),
+                              request_timeout_s=be.request_timeout_s)  # fmt: skip
             progress.phase("replaying")
             result = replay_with_server_metrics(
                 server.url, server.model_name, spec.requests,
@@ -146,5 +151,7 @@ class CellRunner:
             result.records, slo_ttft_ms=cfg.slo_ttft_ms, slo_tpot_ms=cfg.slo_tpot_ms
         )
         summary.update(server_summary(result.server_before, result.server_after, result.samples))
+        summary.update(warmup_required=float(vllm_build() == "cpu"), warmup_replay_requests=float(len(warm)),
+                       warmup_replay_failed=float(sum(not r.ok for r in warm)))  # fmt: skip
         return CellResult(records=result.records, summary=summary, timeseries=result.samples,
                           log_path=str(log_path), info=info, wall_s=time.monotonic() - t_start)  # fmt: skip

@@ -15,9 +15,8 @@ from omegaconf import OmegaConf
 import orchestrator.config  # noqa: F401  (registers the schema)
 from orchestrator.experiment import ConfigError, prepare
 from orchestrator.grid import expand, plan_cells
-from orchestrator.report import CellData, comparison_table, plot_ttft_cdf, save_table_png
 from orchestrator.tracking import Tracker
-from workloads.metrics import records_frame, summarize
+from workloads.metrics import summarize
 from workloads.records import RequestRecord
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -181,25 +180,6 @@ def test_mlflow_tracking_and_resume_lookup(hydra_conf, tmp_path):
     assert client.get_run(failed).data.tags["schedlab.error"] == "boom"
     # A second tracker (re-run) re-opens the same parent run.
     assert Tracker(cfg).start_parent(cfg, 2) == parent
-
-
-def test_comparison_table_deltas_and_plots(tmp_path):
-    cells = [
-        CellData({"policy": "fcfs", "seed": "0"}, "fcfs", "FINISHED", summarize(_records(20, 0.10)),
-                 records_frame(_records(20, 0.10))),
-        CellData({"policy": "fcfs", "seed": "1"}, "fcfs", "FINISHED", summarize(_records(20, 0.10))),
-        CellData({"policy": "sjf", "seed": "0"}, "sjf", "FINISHED", summarize(_records(20, 0.05)),
-                 records_frame(_records(20, 0.05))),
-        CellData({"policy": "sjf", "seed": "1"}, "sjf", "FAILED"),
-    ]  # fmt: skip
-    table = comparison_table(cells, "policy", "fcfs")
-    assert list(table["policy"]) == ["fcfs", "sjf"]
-    assert list(table["num_seeds"]) == [2, 1]
-    sjf = table[table.policy == "sjf"].iloc[0]
-    assert sjf["ttft_ms_p50"] == pytest.approx(table.iloc[0]["ttft_ms_p50"] / 2)
-    assert sjf["ttft_ms_p50_delta_pct"] == pytest.approx(-50.0)
-    assert save_table_png(table, "policy", "fcfs", tmp_path / "t.png", "x").stat().st_size > 1000
-    assert plot_ttft_cdf(cells, "policy", tmp_path / "cdf.png").stat().st_size > 1000
 
 
 def test_resolved_config_has_no_interpolations_left(hydra_conf):

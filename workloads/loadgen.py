@@ -196,6 +196,12 @@ def _warmup_copy(r: Request, i: int) -> Request:
     return replace(r, request_id=f"warmup-{i}", prompt_token_ids=ids, prompt=text)
 
 
+def warmup_copies(requests: Sequence[Request]) -> list[Request]:
+    """The workload again with reversed prompts: the same arrivals and lengths, so the server runs
+    the same batch shapes, without prefix-cache hits shared with the measured requests."""
+    return [_warmup_copy(r, i) for i, r in enumerate(requests)]
+
+
 def _connector(max_concurrency: int | None, closed_loop_users: int | None) -> aiohttp.TCPConnector:
     limit = closed_loop_users or max_concurrency or 0  # 0 = unlimited (open loop)
     return aiohttp.TCPConnector(limit=limit, ttl_dns_cache=None, keepalive_timeout=60)

@@ -56,6 +56,7 @@ class SimBackend(Backend):
         summary = summarize(res.records, slo_ttft_ms=cfg.get("slo_ttft_ms"), slo_tpot_ms=cfg.get("slo_tpot_ms"))
         summary.update({k: v for k, v in res.summary.items() if k.startswith("server_")})
         summary["sim_wall_s"] = res.wall_s
+        summary["warmup_required"] = 0.0  # the simulated server has no kernels to build
         return CellResult(
             records=res.records, summary=summary, timeseries=res.timeseries,
             info={"backend": "sim", "step_model": step_model.name, "sim_steps": str(res.num_steps)},
