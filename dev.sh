@@ -36,11 +36,23 @@ ensure_env() {
     echo "$want" > "$stamp"
 }
 
+# The report.html test renders the page in a real headless browser: Debian's chromium and its
+# WebDriver. Installed here (as root, with apt-get) when missing; elsewhere that test is skipped.
+ensure_browser() {
+    command -v chromedriver >/dev/null && command -v chromium >/dev/null && return
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        echo "[schedlab] installing chromium + chromium-driver (headless browser for the report test)" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+            >/dev/null || echo "[schedlab] could not install chromium; the report.html browser test will skip" >&2
+    fi
+}
+
 cmd=${1:-}
 shift || true
 case $cmd in
     test)
         ensure_env
+        ensure_browser
         exec "$PY" -m pytest "$@"
         ;;
     run)
