@@ -211,6 +211,7 @@ def side_by_side(table: pd.DataFrame, compare_by: str, baseline: str):
 def print_table(table: pd.DataFrame, compare_by: str, baseline: str, title: str, console=None) -> None:
     """Compared values side by side, one table per group: mean [95% interval], change vs baseline."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
@@ -218,12 +219,12 @@ def print_table(table: pd.DataFrame, compare_by: str, baseline: str, title: str,
         console.print(f"[yellow]{title}: no valid finished cells to compare[/]")
         return
     for group, names, rows, seeds in side_by_side(table, compare_by, baseline):
-        t = Table(title=f"{title}: {group}  (mean over seeds [95% interval]; change vs {compare_by}={baseline})")
+        t = Table(title=escape(f"{title}: {group}  (mean over seeds [95% interval]; change vs {compare_by}={baseline})"))
         t.add_column("metric", no_wrap=True)
         for name, n in zip(names, seeds):
-            t.add_column(f"{name} ({n} seed{'s' if n != 1 else ''})", justify="right", overflow="fold")
+            t.add_column(escape(f"{name} ({n} seed{'s' if n != 1 else ''})"), justify="right", overflow="fold")
         for m, vals in rows:
-            t.add_row(m, *[f"[{c}]{x}[/]" if c else x for x, c in vals])
+            t.add_row(m, *[f"[{c}]{escape(x)}[/]" if c else escape(x) for x, c in vals])
         console.print(t)
     console.print(LEGEND, style="dim", markup=False)
 
