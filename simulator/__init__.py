@@ -69,6 +69,7 @@ def simulate(
     seed: int = 0,
     warm_num_tokens: Iterable[int] = (),
     on_progress: Callable[[int, int], None] | None = None,
+    scheduling_cost: bool = False,
 ) -> SimResult:
     """Replay ``requests`` through vLLM's real Scheduler with ``policy``/``allocator``.
 
@@ -79,6 +80,10 @@ def simulate(
     ``warm_num_tokens``: step token counts the simulated server has already run, for a profile
     with a first-run cost per shape (``LinearModel.c6``, vLLM's CPU backend); by default the server
     is as freshly started, as every real experiment cell's is.
+
+    ``scheduling_cost=True`` adds the measured CPU time of each ``schedule()`` +
+    ``update_from_output()`` (policy and allocator included) to the simulated step, so an expensive
+    plugin shows up in latency; off by default because it makes results depend on this machine.
 
     ``seed`` picks the prompts' token ids and, for a calibrated profile, each request's front-end
     latencies and the steps' noise (``step_model.StepNoise``): same seed, same result.
@@ -108,7 +113,7 @@ def simulate(
     make_req = engine_request_factory(block_size=block_size, max_model_len=max_model_len)
     latencies = request_latencies(step_model, len(trace), seed)
     loop = run_loop(sched, trace, make_req, step_model, latencies=latencies, warm_num_tokens=warm_num_tokens,
-                    noise=step_noise(step_model, seed), on_progress=on_progress)
+                    noise=step_noise(step_model, seed), on_progress=on_progress, scheduling_cost=scheduling_cost)
 
     ts = pd.DataFrame(
         {

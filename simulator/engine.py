@@ -9,6 +9,7 @@ admission, chunked prefill, preemption, prefix caching and block allocation are 
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -61,6 +62,7 @@ def run_loop(
     noise: Callable[[], float] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     progress_every_steps: int = 2000,
+    scheduling_cost: bool = False,
 ) -> LoopResult:
     """Replay ``trace`` through ``sched``; return one record per request.
 
@@ -71,6 +73,10 @@ def run_loop(
 
     ``make_engine_request(trace_request, engine_arrival_s)`` builds the vLLM ``Request``, or
     raises ``ValueError`` for a request the server would reject (recorded as HTTP 400).
+
+    ``scheduling_cost``: add the CPU time this thread measures in ``schedule()`` and
+    ``update_from_output()`` to the step, where a synchronous engine waits for them (schedule, then
+    the forward pass, then the output update); results then depend on this machine's speed.
     """
     n = len(trace)
     if latencies is None:
@@ -118,7 +124,12 @@ def run_loop(
             token_times[tr.request_id] = []
             sched.add_request(req)
 
-        so = sched.schedule()
+        if scheduling_cost:
+            cpu0 = time.thread_time()
+            so = sched.schedule()
+            t += time.thread_time() - cpu0
+        else:
+            so = sched.schedule()
         scheduled = so.num_scheduled_tokens
         req_ids = list(scheduled)
         if req_ids:
@@ -163,7 +174,13 @@ def run_loop(
             out = ModelRunnerOutput(req_ids=[], req_id_to_index={})
         num_steps += 1
 
-        for client_out in sched.update_from_output(so, out).values():
+        if scheduling_cost:
+            cpu0 = time.thread_time()
+            engine_outputs = sched.update_from_output(so, out)
+            t += time.thread_time() - cpu0  # the outputs leave the engine after the update
+        else:
+            engine_outputs = sched.update_from_output(so, out)
+        for client_out in engine_outputs.values():
             stats = client_out.scheduler_stats
             if stats is not None and stats.prefix_cache_stats is not None:
                 pc_queries += stats.prefix_cache_stats.queries

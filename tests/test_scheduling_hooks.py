@@ -249,3 +249,29 @@ def test_lpm_falls_back_to_fcfs_on_a_long_queue(model_dir):
     # max_queue 2: with 3 waiting the order is FCFS (a); then 2 wait and LPM picks c before b.
     sched, reqs = lpm_scenario(model_dir, {"max_queue": 2})
     assert run(sched, reqs).admitted == ["a", "c", "b"]
+
+
+# ---- simulator: scheduling cost ----
+
+class Slow(SchedulingPolicy):
+    """Test policy: spends at least 3 ms of this thread's CPU time in every schedule()."""
+
+    def on_schedule(self, output):
+        import time
+        end = time.thread_time() + 3e-3
+        for _ in range(10**9):
+            if time.thread_time() >= end:
+                break
+
+
+def test_simulator_adds_measured_scheduling_cost_only_when_asked(model_dir):
+    from simulator import LinearModel, simulate
+    from workloads.trace import Request
+    step_model = LinearModel(c0=1e-3, c1=0.0, c2=0.0, c3=0.0, num_gpu_blocks=64)
+    trace = [Request("a", 0.0, 16, 4)]
+    kw = dict(model_dir=model_dir, policy=f"{__name__}.Slow", step_model=step_model)
+    off = simulate(trace, **kw).records[0]
+    assert off.ttft_s == pytest.approx(1e-3) and off.itl_s == pytest.approx([1e-3] * 3)  # the step model alone
+    on = simulate(trace, scheduling_cost=True, **kw).records[0]
+    # every step now also waits for schedule() (>= 3 ms spent by the policy) and update_from_output()
+    assert on.ttft_s >= 1e-3 + 3e-3 and all(itl >= 1e-3 + 3e-3 for itl in on.itl_s)

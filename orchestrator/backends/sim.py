@@ -2,7 +2,8 @@
 
 Same records, summary names and time series as ``vllm_local``, in seconds instead of minutes.
 ``backend.step_model`` picks the step-time model: ``roofline:h100`` (default), ``roofline:a100``,
-``linear:cpu_tiny`` (a profile under simulator/profiles/), ...
+``linear:cpu_tiny`` (a profile under simulator/profiles/), ... ``backend.scheduling_cost=true`` adds
+the measured CPU time of vLLM's ``schedule()`` + ``update_from_output()`` to each simulated step.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class SimBackend(Backend):
             enable_prefix_caching=m.enable_prefix_caching is not False,
             max_model_len=m.max_model_len,
             seed=cfg.seed,
+            scheduling_cost=bool(cfg.backend.get("scheduling_cost", False)),
             on_progress=lambda done, n: progress.requests(done, total, 0),
         )
         # Client metrics with the cell's SLOs (as vllm_local does), server_* from the simulation.
