@@ -91,6 +91,7 @@ class PolicyScheduler(Scheduler):
         self.schedlab_policy = load_policy(cfg.policy, cfg.policy_args)
         self.schedlab_allocator = load_allocator(cfg.allocator, cfg.allocator_args)
         self.schedlab_policy.bind(self)
+        self.schedlab_policy.scheduler = self  # now()/waited() need it, also if bind() skipped super().bind
 
         self.clock: Callable[[], float] = time.time  # the basis of Request.arrival_time
         policy = self.schedlab_policy
@@ -103,7 +104,12 @@ class PolicyScheduler(Scheduler):
         if self.schedlab_allocator.admits_by_tenant and queue is None:  # a refused tenant sits out the step
             self.waiting = TenantQueue(tenant, policy.waiting_key if policy.orders_waiting else None)
         self._sort_running = policy.orders_victims
-        self._rekey_every = _positive_int(policy, "rekey_every", allow_zero=True) if policy.orders_waiting else 0
+        self._rekey_every = _positive_int(policy, "rekey_every", allow_zero=True)
+        if self._rekey_every and not all(hasattr(q, "rekey") for q in glue.waiting_queues(self)):
+            raise ValueError(
+                f"scheduling policy {policy.describe()!r}: rekey_every={self._rekey_every} needs waiting queues "
+                f"with a rekey() method (KeyedRequestQueue has one; override waiting_key, or add rekey() to the "
+                f"queue make_queue() returns)")
         self._step_limits = glue.StepLimits(self)
         self._max_partial_prefills: int | None = None
         self._admission_base = 0  # running requests mid-prefill, minus len(running), at step start

@@ -275,3 +275,57 @@ def test_simulator_adds_measured_scheduling_cost_only_when_asked(model_dir):
     on = simulate(trace, scheduling_cost=True, **kw).records[0]
     # every step now also waits for schedule() (>= 3 ms spent by the policy) and update_from_output()
     assert on.ttft_s >= 1e-3 + 3e-3 and all(itl >= 1e-3 + 3e-3 for itl in on.itl_s)
+
+
+# ---- docs/writing-a-policy.md: the example policy and the test template run as written ----
+
+def test_docs_example_policy_passes_the_docs_test_template(model_dir, monkeypatch):
+    import re
+    import sys
+    import types
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "writing-a-policy.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    policy_src = next(b for b in blocks if b.startswith("# mypkg/slo.py"))
+    template_src = next(b for b in blocks if b.startswith("# tests/test_slack_first.py"))
+    pkg, mod = types.ModuleType("mypkg"), types.ModuleType("mypkg.slo")
+    exec(compile(policy_src, "mypkg/slo.py", "exec"), mod.__dict__)
+    pkg.slo = mod
+    monkeypatch.setitem(sys.modules, "mypkg", pkg)
+    monkeypatch.setitem(sys.modules, "mypkg.slo", mod)
+    template: dict = {}
+    exec(compile(template_src, "test_slack_first.py", "exec"), template)
+    tests = [f for name, f in template.items() if name.startswith("test_")]
+    assert len(tests) == 3
+    for test in tests:
+        test(model_dir)
+
+
+class V1Style(SchedulingPolicy):
+    """A v1 policy: bind() without super(), a static key."""
+
+    def bind(self, scheduler):
+        self.sched = scheduler
+
+    def waiting_key(self, request):
+        return -request.num_prompt_tokens
+
+
+def test_v1_policy_still_works_and_gets_the_clock(model_dir):
+    sched = sched_for(model_dir, f"{__name__}.V1Style")
+    sched.clock = lambda: 7.0
+    assert sched.schedlab_policy.waited(req(2)) == 5.0
+    assert run(sched, [req(0, 10), req(1, 40)]).admitted == ["r1", "r0"]
+
+
+class RekeyNoQueue(SchedulingPolicy):
+    rekey_every = 2
+
+    def make_queue(self):
+        from vllm.v1.core.sched.request_queue import FCFSRequestQueue
+        return FCFSRequestQueue()
+
+
+def test_rekey_with_a_queue_that_cannot_rekey_fails_early(model_dir):
+    with pytest.raises(ValueError, match=r"RekeyNoQueue.*rekey_every=2 needs waiting queues with a rekey\(\)"):
+        sched_for(model_dir, f"{__name__}.RekeyNoQueue")
