@@ -153,5 +153,8 @@ class CellRunner:
         summary.update(server_summary(result.server_before, result.server_after, result.samples))
         summary.update(warmup_required=float(vllm_build() == "cpu"), warmup_replay_requests=float(len(warm)),
                        warmup_replay_failed=float(sum(not r.ok for r in warm)))  # fmt: skip
+        if warm:  # the cold replay's latencies, beside the measured warm ones (how much the warm-up mattered)
+            cold = summarize(warm)
+            summary.update({f"warmup_replay_{k}": cold[k] for k in ("ttft_ms_p50", "ttft_ms_p99", "e2e_ms_p50")})
         return CellResult(records=result.records, summary=summary, timeseries=result.samples,
                           log_path=str(log_path), info=info, wall_s=time.monotonic() - t_start)  # fmt: skip
