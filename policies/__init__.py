@@ -30,6 +30,7 @@ from typing import Any
 from policies.base import BlockAllocator, SchedulingPolicy
 from policies.registry import (
     BLOCK_ALLOCATORS,
+    EVICTION_POLICIES,
     SCHEDULING_POLICIES,
     block_allocator_class,
     load_allocator,
@@ -40,7 +41,7 @@ from policies.registry import (
 SCHEDULER_CLS = "policies.scheduler.PolicyScheduler"
 
 __all__ = [
-    "BLOCK_ALLOCATORS", "SCHEDULING_POLICIES", "SCHEDULER_CLS", "BlockAllocator", "SchedulingPolicy",
+    "BLOCK_ALLOCATORS", "EVICTION_POLICIES", "SCHEDULING_POLICIES", "SCHEDULER_CLS", "BlockAllocator", "SchedulingPolicy",
     "load_allocator", "load_policy", "scheduler_class", "schedlab_config", "vllm_args",
 ]
 
