@@ -1,4 +1,4 @@
-"""The two plugin interfaces: ``SchedulingPolicy`` and ``BlockAllocator``.
+"""The plugin interfaces: ``SchedulingPolicy``, ``BlockAllocator`` (placement) and ``EvictionPolicy``.
 
 Both see vLLM's own objects (``vllm.v1.request.Request``, ``BlockPool``, ``KVCacheBlock``); the
 accessor functions below read the request metadata a policy may use, so policies never poke at
