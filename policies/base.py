@@ -1,6 +1,6 @@
 """The plugin interfaces: ``SchedulingPolicy``, ``BlockAllocator`` (placement) and ``EvictionPolicy``.
 
-Both see vLLM's own objects (``vllm.v1.request.Request``, ``BlockPool``, ``KVCacheBlock``); the
+All see vLLM's own objects (``vllm.v1.request.Request``, ``BlockPool``, ``KVCacheBlock``); the
 accessor functions below read the request metadata a policy may use, so policies never poke at
 vLLM internals directly.
 
