@@ -4,7 +4,9 @@ Invariants every allocator must keep (see docs/writing-a-policy.md):
 1. the null block (id 0) is ``pool.null_block``, flagged ``is_null``, never cached, never in the free queue;
 2. every ``ref_cnt`` is >= 0;
 3. a block is in the free queue iff its ``ref_cnt`` is 0 (so no block is both free and owned),
-   and each block a request owns has ``ref_cnt`` >= the number of requests owning it;
+   and each block a request owns has ``ref_cnt`` >= the number of references requests hold on it,
+   counted the way vLLM counts them (``vllm_glue.referenced_blocks``: only this pool's managers, HiSparse
+   residency and unpinned pages as vLLM sees them; every queue's requests);
 4. the free queue is a well-formed list whose length equals ``num_free_blocks``;
 5. the prefix-cache maps agree: every ``hash -> block`` entry points at a block carrying that hash,
    and every block carrying a hash is findable under it.
@@ -15,6 +17,8 @@ from __future__ import annotations
 from collections import Counter
 
 from vllm.v1.core.block_pool import BlockPool
+
+from policies import vllm_glue
 
 
 class AllocatorInvariantError(AssertionError):
@@ -52,11 +56,11 @@ def check_block_pool(pool: BlockPool, owned: Counter[int], allocator_name: str, 
             fail(f"ref count: block {b.block_id} has ref_cnt={b.ref_cnt}")
         free = b.block_id in in_queue
         if free and owned[b.block_id]:
-            fail(f"block {b.block_id} is both free (in the free queue) and owned by {owned[b.block_id]} request(s)")
+            fail(f"block {b.block_id} is both free (in the free queue) and referenced by {owned[b.block_id]} request block table(s)")
         if free != (b.ref_cnt == 0):
             fail(f"block {b.block_id} has ref_cnt={b.ref_cnt} but is {'in' if free else 'not in'} the free queue")
         if b.ref_cnt < owned[b.block_id]:
-            fail(f"ref count: block {b.block_id} has ref_cnt={b.ref_cnt} < {owned[b.block_id]} owning requests")
+            fail(f"ref count: block {b.block_id} has ref_cnt={b.ref_cnt} < {owned[b.block_id]} references held by requests")
 
     for key, blocks in pool.cached_block_hash_to_block._cache.items():
         for b in blocks.values() if isinstance(blocks, dict) else (blocks,):
@@ -68,9 +72,7 @@ def check_block_pool(pool: BlockPool, owned: Counter[int], allocator_name: str, 
 
 
 def owned_blocks(scheduler) -> Counter[int]:
-    """Block id -> number of requests holding it, over all KV cache groups (null block excluded)."""
-    owned: Counter[int] = Counter()
-    for manager in scheduler.kv_cache_manager.coordinator.single_type_managers:
-        for blocks in manager.req_to_blocks.values():
-            owned.update(b.block_id for b in blocks if not b.is_null)
-    return owned
+    """Block id -> references requests hold on it in the scheduler's (GPU) BlockPool, over all KV cache
+    groups, counted as vLLM counts them (null block excluded)."""
+    pool = scheduler.kv_cache_manager.block_pool
+    return Counter(block.block_id for _, block in vllm_glue.referenced_blocks(scheduler, pool))

@@ -87,6 +87,8 @@ def _with_request(vllm_method):
     @functools.wraps(vllm_method)
     def method(self, request_id, *args, **kwargs):
         queue = self.block_pool.free_block_queue
+        if type(queue) is not ChoosingFreeBlockQueue:  # the manager was rebound to another pool (HiSparse host)
+            return vllm_method(self, request_id, *args, **kwargs)
         outer, queue.context = queue.context, (self, request_id)
         try:
             return vllm_method(self, request_id, *args, **kwargs)
@@ -130,6 +132,31 @@ def install_choice(pool: BlockPool, scheduler, choose, on_join, on_hit) -> None:
     for manager in managers_of(scheduler):
         if manager.block_pool is pool and not getattr(manager, "request_aware", False):
             manager.__class__ = _request_aware(type(manager))
+
+
+def referenced_blocks(scheduler, pool: BlockPool):
+    """(request id, block) for every reference a request holds on a block of ``pool``, counted the way
+    vLLM 0.32 counts ``ref_cnt``: a manager's block table holds one reference per non-null block, but
+    - a manager may allocate from another pool (HiSparse's host group: its own block ids), so only
+      managers of ``pool`` count;
+    - HiSparse's resident groups read their table through residency changes (a page dropped when its
+      block was reused, a page adopted from a GPU copy) and release the reference of clean pages they
+      keep reading (``unpin_blocks``: ``unpinned_pages``), so those count as vLLM sees them.
+    Requests in every queue (running, waiting with blocks, ``kv_holding_waiting``: a KV connector's
+    loads in flight) hold their blocks in these tables."""
+    for manager in managers_of(scheduler):
+        if manager.block_pool is not pool:
+            continue
+        residency = getattr(manager, "get_residency_row", None)
+        states = getattr(getattr(manager, "coordinator", None), "request_states", None) or {}
+        for request_id, blocks in list(manager.req_to_blocks.items()):
+            if residency is not None:
+                blocks = residency(request_id)
+            state = states.get(request_id)
+            unpinned = state.unpinned_pages if state is not None else ()
+            for index, block in enumerate(blocks):
+                if not block.is_null and index not in unpinned:
+                    yield request_id, block
 
 
 def is_free(block: KVCacheBlock) -> bool:
