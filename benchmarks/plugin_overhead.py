@@ -74,6 +74,12 @@ def cases() -> list[tuple[str, str, dict | None]]:
     return out
 
 
+def label(case: tuple[str, str, dict | None]) -> str:
+    """The name that sets a case apart from fcfs/default/lru (``fcfs`` for that baseline)."""
+    policy, allocator, alloc_args = case
+    return (alloc_args or {}).get("eviction") or (allocator if allocator != "default" else policy)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num-blocks", type=int, default=32768, help="KV cache blocks (an H100 with an 8B model: ~32k)")
@@ -82,7 +88,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--arrivals-per-step", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only the cases with these policy/allocator/eviction names")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these cases (a policy, allocator or eviction policy name each)")
     args = ap.parse_args()
     for flag in ("num_blocks", "max_num_seqs", "max_num_batched_tokens", "requests", "arrivals_per_step", "repeats"):
         if getattr(args, flag) < 1:
@@ -104,11 +110,10 @@ def main() -> None:
 
     todo = cases()
     if args.only:
-        names = {name for p, a, a_args in todo for name in (p, a, (a_args or {}).get("eviction"))}
-        unknown = set(args.only) - names
+        unknown = set(args.only) - {label(c) for c in todo}
         if unknown:
             ap.error(f"--only: unknown names {sorted(unknown)}")
-        todo = [c for c in todo if {c[0], c[1], (c[2] or {}).get("eviction")} & set(args.only)]
+        todo = [c for c in todo if label(c) in args.only]
 
     timed_run(stock(), reqs, args.arrivals_per_step)  # warm-up
     _, _, stock_s, stock_steps = paired(stock)

@@ -73,7 +73,6 @@ def test_prefix_cache_hits_stay_vllms(model_dir):
     sched = sched_for(model_dir, f"{__name__}.Recording", num_blocks=32)
     shared = tokens(1, 32)
     run(sched, [make_request("a", shared + tokens(2, 8), 1)])       # 3 blocks: ids 1, 2, 3
-    so = step(sched) if False else None
     sched.add_request(make_request("b", shared + tokens(3, 20), 1))  # hits a's 2 full blocks, needs 2 more
     so = step(sched)
     assert Recording.seen[-1] == ("b", "default", 2, 2, True, True)
@@ -146,3 +145,23 @@ def test_lifetime_packs_long_requests_from_the_top(model_dir):
 def test_unknown_eviction_policy_is_an_early_error_naming_it():
     with pytest.raises(ValueError, match=r"allocator 'lowest_id': unknown eviction policy 'mru'; known: fifo, lfu, lru, shared_prefix"):
         policies.schedlab_config(allocator="lowest_id", allocator_args={"eviction": "mru"})
+
+
+def test_the_simulator_tells_the_allocator_the_request(model_dir):
+    """The simulator drives the same PolicyScheduler: every request reaches the allocator with its
+    tenant (from the trace) and starts at block index 0."""
+    import dataclasses
+
+    from simulator import LinearModel, simulate
+    from workloads.synthetic import synthetic
+
+    trace = [dataclasses.replace(r, tenant="AB"[i % 2])
+             for i, r in enumerate(synthetic(12, 50.0, prompt_len="uniform:20:100", output_len="uniform:1:20", seed=1))]
+    Recording.seen = []
+    simulate(trace, model_dir=model_dir, allocator=f"{__name__}.Recording", max_num_seqs=4,
+             step_model=LinearModel(c0=2e-3, c1=20e-6, c2=100e-6, c3=0.0, num_gpu_blocks=128))
+    first = {}
+    for rid, tenant, _, index, prefill, has_request in Recording.seen:
+        assert has_request
+        first.setdefault(rid, (tenant, index, prefill))
+    assert first == {r.request_id: (r.tenant, 0, True) for r in trace}
