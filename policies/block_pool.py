@@ -27,13 +27,14 @@ class BlockChoiceError(ValueError):
 class FreeBlocks:
     """What ``choose`` may read: the pool's free blocks by id, vLLM's own order, the eviction policy."""
 
-    __slots__ = ("pool", "blocks", "eviction", "victims")
+    __slots__ = ("pool", "blocks", "eviction", "victims", "fronted")
 
     def __init__(self, pool: BlockPool, eviction: EvictionPolicy) -> None:
         self.pool = pool
         self.blocks = pool.blocks
         self.eviction = eviction
         self.victims: list[int] = []  # handed out by evict() in the current choice
+        self.fronted: list[int] = []  # handed out by front_uncached() in the current choice
 
     def __len__(self) -> int:
         return self.pool.get_num_free_blocks()
@@ -59,6 +60,7 @@ class FreeBlocks:
                 if block.block_hash is not None or len(out) == k:
                     break
                 out.append(block.block_id)
+        self.fronted += out
         return out
 
     def evict(self, k: int) -> list[int]:
@@ -67,8 +69,8 @@ class FreeBlocks:
         if k <= 0:
             return []
         ids = self.eviction.evict(self, k)
-        if len(ids) < k:  # blocks the indexes do not cover (e.g. a reset prefix cache): vLLM's order
-            seen = set(ids)
+        if len(ids) < k:  # free blocks no index covers (uncached ones vLLM appended): vLLM's order
+            seen = set(ids) | set(self.fronted)
             for block in vllm_glue.free_queue_front(self.pool):
                 if len(ids) == k:
                     break
@@ -93,7 +95,7 @@ class BlockChooser:
             alloc = Allocation(self.scheduler.requests.get(request_id), request_id, n,
                                vllm_glue.held_blocks(manager, request_id), vllm_glue.group_of(manager))
         free = self.free
-        free.victims = []
+        free.victims, free.fronted = [], []
         ids = self.allocator.choose(free, alloc)
         return self.check(ids, alloc)
 
@@ -123,8 +125,10 @@ class BlockChooser:
 
     def on_join(self, blocks: list[KVCacheBlock], at_cached_end: bool) -> None:
         self.allocator.on_free(blocks)
-        if at_cached_end:
-            self.eviction.on_free(blocks)
+        if at_cached_end:  # placement indexes the uncached blocks, eviction the cached ones: disjoint
+            cached = [b for b in blocks if b.block_hash is not None]
+            if cached:
+                self.eviction.on_free(cached)
 
 
 def install_allocator(pool: BlockPool, allocator: BlockAllocator, scheduler) -> None:
