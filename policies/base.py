@@ -331,9 +331,6 @@ class EvictionPolicy:
 def iter_free_blocks(pool: BlockPool):
     """The blocks of ``pool.free_block_queue`` front to back (front = vLLM's next to hand out). O(all
     free blocks): for prototypes and checks, not for ``choose`` at scale."""
-    queue = pool.free_block_queue
-    block = queue.fake_free_list_head.next_free_block
-    tail = queue.fake_free_list_tail
-    while block is not None and block is not tail:
-        yield block
-        block = block.next_free_block
+    from policies import vllm_glue
+
+    return vllm_glue.free_queue_front(pool)
