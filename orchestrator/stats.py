@@ -114,13 +114,14 @@ def _rng(metric: str) -> np.random.Generator:
 
 def interval(samples: Sequence[Sample], metric: str, level: float = LEVEL) -> Interval:
     """Mean over seeds with its 95% interval (t across seeds, or a bootstrap over one cell's requests)."""
-    vals = [s.value for s in samples if s.value is not None and np.isfinite(s.value)]
-    if not vals:
+    finite = [s for s in samples if s.value is not None and np.isfinite(s.value)]
+    if not finite:
         return Interval(np.nan, np.nan, np.nan, len(samples), "none")
+    vals = [s.value for s in finite]
     mean = float(np.mean(vals))
     if len(vals) >= 2:
         return Interval(mean, *t_interval(vals, level), len(vals), "t over seeds")
-    boot = _boot(samples[0], metric, _rng(metric))
+    boot = _boot(finite[0], metric, _rng(metric))
     if boot is None:
         return Interval(mean, np.nan, np.nan, 1, "none")
     lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])

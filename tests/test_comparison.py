@@ -135,3 +135,18 @@ def test_terminal_table_shows_interval_and_marks(capsys):
     assert "80.7 [" in out and "-19% *" in out
     assert "+0% n.s." in out and "sjf (3 seeds)" in out
     assert math.isnan(table.iloc[0].get("ttft_ms_p50_delta_p", math.nan))
+
+
+def test_same_overrides_but_different_code_are_two_columns():
+    """Cells recorded before and after the plugin's source changed share their overrides: never averaged."""
+    old = [cell("sjf", s, v) for s, v in enumerate([50.0, 60.0])]
+    new = [cell("sjf", s, v) for s, v in enumerate([30.0, 40.0])]
+    for c in old:
+        c.config["plugin_source_hash"] = "aaaa"
+    for c in new:
+        c.config["plugin_source_hash"] = "bbbb"
+    cells = [cell("fcfs", 0, 100.0), cell("fcfs", 1, 100.0), *old, *new]
+    label_cells(cells, "policy")
+    table = comparison_table(cells, "policy", "fcfs")
+    assert list(table["policy"]) == ["fcfs", "sjf [plugin_source_hash=aaaa]", "sjf [plugin_source_hash=bbbb]"]
+    assert list(table["ttft_ms_p50"]) == pytest.approx([100.0, 55.0, 35.0])
