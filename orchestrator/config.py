@@ -91,6 +91,7 @@ class BackendConfig:
     ray_ship_code: bool = True  # remote cluster: upload this repo as the Ray runtime_env working_dir
     # Simulator: step-time model spec, e.g. "roofline:h100".
     step_model: Optional[str] = None
+    scheduling_cost: bool = False  # simulator: add the measured CPU time of the scheduler to each step
 
 
 @dataclass
