@@ -170,6 +170,9 @@ def comparison_table(cells: list[CellData], compare_by: str, baseline: str) -> p
             row.update({f"{m}_delta_pct": d.pct, f"{m}_delta_ci95_low": d.low_pct, f"{m}_delta_ci95_high": d.high_pct,
                         f"{m}_delta_p": d.p_value, f"{m}_delta_test": d.method, f"{m}_significant": d.significant})  # fmt: skip
         rows.append(row)
+    groups = list(dict.fromkeys(g for g, _ in entries))
+    bases = {g: _baseline_of(entries, g, compare_by, baseline) for g in groups}
+    rows.sort(key=lambda r: (groups.index(r["group"]), r[compare_by] != bases[r["group"]]))  # baseline first
     return pd.DataFrame(rows)
 
 

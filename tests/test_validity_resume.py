@@ -121,7 +121,7 @@ def test_outputs_cover_every_cell_of_the_experiment_in_mlflow(tmp_path):
     run([*BASE, rd, "grid.policy=[fcfs]"])
     second = run([*BASE, rd, "grid.policy=[sjf]"])  # this invocation ran only sjf
     assert (second.finished, second.skipped) == (1, 0)
-    assert list(pd.read_csv(second.results_dir / "comparison.csv")["policy"]) == ["sjf", "fcfs"]
+    assert list(pd.read_csv(second.results_dir / "comparison.csv")["policy"]) == ["fcfs", "sjf"]
     # Another step model under the same experiment: its own group, nothing overwritten or merged.
     third = run([*BASE, rd, "backend.step_model=roofline:a100"])
     assert (third.finished, third.skipped) == (2, 0)
