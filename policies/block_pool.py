@@ -69,6 +69,13 @@ class FreeBlocks:
         if k <= 0:
             return []
         ids = self.eviction.evict(self, k)
+        blocks = self.blocks
+        for i in ids:
+            if not (type(i) is int and 0 < i < len(blocks) and blocks[i].prev_free_block is not None):
+                raise BlockChoiceError(f"eviction policy {self.eviction.describe()!r} chose block {i!r}, which is not a free "
+                                       f"block of this pool")
+        if len(ids) > k:
+            raise BlockChoiceError(f"eviction policy {self.eviction.describe()!r} chose {len(ids)} victims, {k} were asked for")
         if len(ids) < k:  # free blocks no index covers (uncached ones vLLM appended): vLLM's order
             seen = set(ids) | set(self.fronted)
             for block in vllm_glue.free_queue_front(self.pool):

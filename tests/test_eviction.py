@@ -9,6 +9,8 @@ import pytest
 from vllm.v1.core.sched.scheduler import Scheduler
 
 import policies
+from policies.base import EvictionPolicy
+from policies.block_pool import BlockChoiceError
 from policies.driver import run, step
 from policies.inprocess import make_request, make_scheduler
 from serving.models import write_model_dir
@@ -93,3 +95,15 @@ def test_shared_prefix_ages_out_blocks_that_were_hot_long_ago(model_dir, evictio
                         ("E", tokens(7, 96)), ("F", tokens(8, 96)), ("G", tokens(9, 80))]:
         run(sched, [make_request(rid, prompt, 1)])
     assert sched.kv_cache_manager.get_computed_blocks(make_request("probe", a + [7], 1))[1] == a_hit
+
+
+class EvictsTheNullBlock(EvictionPolicy):
+    """Deliberately broken: names block 0 as its victim."""
+
+    def evict(self, free, k):
+        return [0] * k
+
+
+def test_a_bad_victim_is_an_error_naming_the_eviction_policy(model_dir):
+    with pytest.raises(BlockChoiceError, match=rf"eviction policy '{__name__}\.EvictsTheNullBlock' chose block 0"):
+        victims(model_dir, eviction=f"{__name__}.EvictsTheNullBlock")
