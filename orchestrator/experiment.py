@@ -108,7 +108,14 @@ def _record_outcome(
     err = f"{type(outcome).__name__}: {outcome}"
     try:
         if isinstance(outcome, CellFailed):
-            _log_server_log(tracker, run_id, Path(spec.out_dir), outcome.log_path, outcome.log_text)
+            out = Path(spec.out_dir)
+            if outcome.records:  # what the replay measured before the server died, with each request's status
+                out.mkdir(parents=True, exist_ok=True)
+                save_parquet(outcome.records, out / "requests.parquet")
+                tracker.log_artifact(run_id, out / "requests.parquet")
+            _log_server_log(tracker, run_id, out, outcome.log_path, outcome.log_text)
+            if outcome.info:
+                tracker.client.log_batch(run_id, tags=[_tag(f"schedlab.{k}", v) for k, v in outcome.info.items()])
     finally:
         tracker.end_cell(run_id, "FAILED", err)
     return str(outcome).strip().splitlines()[0] if str(outcome).strip() else type(outcome).__name__

@@ -1,7 +1,7 @@
 """Stop signals end a grid the way Ctrl-C does.
 
 ``timeout``, a CI cancel, Slurm, Kubernetes (SIGTERM) and a closed SSH session (SIGHUP) must stop
-every server and mark the runs KILLED, like SIGINT. Inside ``stop_signals_raise()`` both raise
+every server and mark the runs KILLED, like SIGINT. Inside ``stop_signals_raise()`` all three raise
 ``Interrupted``, a ``KeyboardInterrupt``, so one ``except KeyboardInterrupt`` does the clean-up;
 ``signals_ignored()`` keeps a second signal from cutting that clean-up short. The process then
 exits with the shell's code for the signal, 128 + its number (130, 143, 129).
@@ -14,8 +14,8 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-CAUGHT = (signal.SIGTERM, signal.SIGHUP)  # SIGINT already raises KeyboardInterrupt
-STOP_SIGNALS = (signal.SIGINT, *CAUGHT)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_received: list[int] = []  # stop signals received inside stop_signals_raise(), latest last
 
 
 class Interrupted(KeyboardInterrupt):
@@ -26,15 +26,22 @@ class Interrupted(KeyboardInterrupt):
         self.signum = int(signum)
 
 
+def _signum(e: BaseException) -> int:
+    # Ray's blocking calls (ray.wait, ray.get) turn any KeyboardInterrupt into a plain one: the handler's record
+    # says which signal it was.
+    return getattr(e, "signum", None) or (_received[-1] if _received else signal.SIGINT)
+
+
 def signal_name(e: BaseException) -> str:
-    return signal.Signals(getattr(e, "signum", signal.SIGINT)).name
+    return signal.Signals(_signum(e)).name
 
 
 def exit_code(e: BaseException) -> int:
-    return 128 + getattr(e, "signum", signal.SIGINT)
+    return 128 + _signum(e)
 
 
 def _raise(signum: int, frame: object) -> None:
+    _received.append(signum)
     raise Interrupted(signum)
 
 
@@ -52,8 +59,11 @@ def _handlers(signums: tuple[int, ...], handler) -> Iterator[None]:
 
 
 def stop_signals_raise():
-    """Within: SIGTERM and SIGHUP raise ``Interrupted`` (install after ``ray.init``, which sets its own)."""
-    return _handlers(CAUGHT, _raise)
+    """Within: SIGINT, SIGTERM and SIGHUP raise ``Interrupted``, unless ignored already (``nohup``
+    ignores SIGHUP, a background shell SIGINT: that stays). ``ray.init`` installs its own SIGTERM
+    handler: the Ray backend puts this one back."""
+    _received.clear()
+    return _handlers(tuple(s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN), _raise)
 
 
 def signals_ignored():

@@ -58,12 +58,14 @@ class CellResult:
 
 
 class CellFailed(RuntimeError):
-    """A cell that produced no result: server failed to start, crashed or timed out."""
+    """A cell that produced no result: server failed to start, crashed or timed out. ``records``:
+    the per-request records gathered before it failed (a server dying mid-replay), else empty."""
 
     def __init__(self, message: str, log_path: str | None = None, log_text: str | None = None,
-                 info: dict[str, str] | None = None):
+                 info: dict[str, str] | None = None, records: list[RequestRecord] | None = None):
         super().__init__(message)
         self.log_path, self.log_text, self.info = log_path, log_text, dict(info or {})
+        self.records = list(records or [])
 
-    def __reduce__(self):  # keep the log when Ray pickles the exception back to the driver
-        return (CellFailed, (str(self), self.log_path, self.log_text, self.info))
+    def __reduce__(self):  # keep the log and records when Ray pickles the exception back to the driver
+        return (CellFailed, (str(self), self.log_path, self.log_text, self.info, self.records))

@@ -8,6 +8,7 @@ sampling ``/metrics``, stop the server. A watchdog stops the server after ``cell
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -58,18 +59,55 @@ def server_args(cfg: DictConfig) -> list[str]:
     ) + engine_args(cfg.model, cfg.seed)
 
 
+# vLLM's log-record prefix, e.g. "(EngineCore pid=17019) ERROR 12-06 14:02:23 [core.py:1510] ".
+_PREFIX = re.compile(r"^(?:\(\w+ pid=\d+\) )?(?:(DEBUG|INFO|WARNING|ERROR|CRITICAL) \d\d-\d\d [\d:]+ \[[^\]]*\] )?")
+# A traceback's last line: the exception type at the start of the line, then its message.
+_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.*)")
+# vLLM's wrappers around the root cause: they point above it, the root cause is elsewhere in the log.
+_WRAPPERS = ("root cause", "Worker failed with error", "Engine core initialization failed")
+
+
 def error_line(log_path: str | Path) -> str:
-    """The last ``SomethingError: ...`` line of a server log (why it died), or ''."""
+    """The root cause in a server log: the last exception line of a traceback or an ERROR record,
+    never a WARNING (vLLM's ulimit warning quotes "OSError: Too many open files" in every CPU log)
+    nor a wrapper that points at it; with the lines that continue its message (pydantic lists the
+    failing fields below). '' when the log names no exception."""
     try:
         lines = Path(log_path).read_text(errors="replace").splitlines()
     except OSError:
         return ""
-    found = [m for line in lines if (m := re.search(r"\b(\w*(Error|Exception)): (.*)", line))]
-    # Skip the wrappers vLLM raises on top of the root cause.
-    root = [m for m in found if "root cause" not in m.group(3) and "Worker failed with error" not in m.group(3)]
-    for m in reversed(root or found):
-        return f"{m.group(1)}: {m.group(3)}"[:500]
-    return ""
+    found: list[tuple[int, str]] = []
+    for i, line in enumerate(lines):
+        m = _PREFIX.match(line)
+        if m.group(1) in ("DEBUG", "INFO", "WARNING"):
+            continue
+        if _EXCEPTION.match(line[m.end():]):
+            found.append((i, line[m.end():]))
+    root = [f for f in found if not any(w in f[1] for w in _WRAPPERS)] or found
+    if not root:
+        return ""
+    i, text = root[-1]
+    for more in lines[i + 1 : i + 6]:  # continuation lines of a multi-line message
+        if not more.strip() or _PREFIX.match(more).group(0) or more.startswith(("Traceback", "  File", "$ ")):
+            break
+        text += " | " + more.strip()
+    return text[:800]
+
+
+UNHEALTHY_EXIT_S = 15.0  # vLLM's API server exits within seconds of its engine's death
+
+
+def _wait_exit(server: VLLMServer, timeout_s: float) -> None:
+    try:
+        server.proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _watch_exit(server: VLLMServer, gone: threading.Event, period_s: float = 0.25) -> None:
+    while not gone.wait(period_s):
+        if not server.is_alive():
+            gone.set()
 
 
 class CellRunner:
@@ -84,6 +122,12 @@ class CellRunner:
         server = self.server
         if server is not None:
             server.stop(grace_s=5)
+
+    @staticmethod
+    def _died(server: VLLMServer, log_path: Path) -> str:
+        code = server.proc.returncode if server.proc is not None else None
+        return (f"server exited with code {code} during replay: {error_line(log_path) or 'no exception in its log'}"
+                f"\n{server.log_tail()}")
 
     def run(self, spec: CellSpec, progress: CellProgress, model_root: str | Path) -> CellResult:
         cfg = spec.config()
@@ -107,6 +151,7 @@ class CellRunner:
         timer = threading.Timer(be.cell_timeout_s, watchdog)
         timer.daemon = True
         self.server = server
+        gone = threading.Event()  # the server process exited: the replay stops sending
         try:
             if self.stopped.is_set():
                 raise KeyboardInterrupt("stopped before start")
@@ -124,16 +169,26 @@ class CellRunner:
                 warm = replay(server.url, server.model_name, warmup_copies(spec.requests),
                               request_timeout_s=be.request_timeout_s)  # fmt: skip
             progress.phase("replaying")
+            threading.Thread(target=_watch_exit, args=(server, gone), daemon=True).start()
             result = replay_with_server_metrics(
                 server.url, server.model_name, spec.requests,
                 sample_interval_s=be.metrics_interval_s, warmup=be.warmup_requests,
                 request_timeout_s=be.request_timeout_s, on_progress=lambda d, t, f: progress.requests(d, t, f),
+                abort=gone,
             )  # fmt: skip
             if timed_out.is_set():
-                raise CellFailed(f"cell timed out after {be.cell_timeout_s:.0f} s", str(log_path), info=info)
+                raise CellFailed(f"cell timed out after {be.cell_timeout_s:.0f} s", str(log_path), info=info,
+                                 records=result.records)  # fmt: skip
+            if self.stopped.is_set():
+                raise KeyboardInterrupt("cell stopped")
+            if server.is_alive() and not server.is_healthy():  # engine dead: the API server is shutting down
+                _wait_exit(server, UNHEALTHY_EXIT_S)
+                if server.is_alive():
+                    raise CellFailed(f"server stopped answering /health during replay: "
+                                     f"{error_line(log_path) or 'no exception in its log'}\n{server.log_tail()}",
+                                     str(log_path), info=info, records=result.records)  # fmt: skip
             if not server.is_alive():
-                raise CellFailed(f"vLLM server crashed during the replay: {error_line(log_path)}\n"
-                                 f"{server.log_tail()}", str(log_path), info=info)  # fmt: skip
+                raise CellFailed(self._died(server, log_path), str(log_path), info=info, records=result.records)
         except CellFailed:
             raise
         except Exception as e:
@@ -141,8 +196,12 @@ class CellRunner:
                 raise CellFailed(f"cell timed out after {be.cell_timeout_s:.0f} s", str(log_path), info=info) from e
             if self.stopped.is_set():
                 raise KeyboardInterrupt("cell stopped") from e
+            if not server.is_alive():
+                raise CellFailed(f"{self._died(server, log_path)}\n(replay: {type(e).__name__}: {e})", str(log_path),
+                                 info=info) from e
             raise CellFailed(f"{type(e).__name__}: {e}\n{server.log_tail()}", str(log_path), info=info) from e
         finally:
+            gone.set()  # also ends the watcher
             timer.cancel()
             progress.phase("stopping server")
             server.stop()

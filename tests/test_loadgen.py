@@ -128,3 +128,29 @@ def test_client_stalls_are_measured_per_request():
     assert recs[-1].client_stall_s < 0.12  # sent after the stall
     assert summarize(recs)["num_client_stalled"] == sum(r.client_stall_s > 0 for r in recs)
     assert not any(r.client_stall_s >= 0.12 for r in clean)
+
+
+def test_abort_stops_sending_and_keeps_every_record():
+    """Once ``abort`` is set (the runner sets it when the server process exits), the requests not yet
+    due are recorded as not sent instead of waited for; the ones already answered keep their timings."""
+    import threading
+
+    from workloads.loadgen import NOT_SENT
+
+    reqs = _trace(40, rate=4.0)  # ~10 s of arrivals
+    abort = threading.Event()
+    seen = []
+
+    def on_progress(done, total, in_flight):
+        seen.append(done)
+        if done >= 5:
+            abort.set()
+
+    with InstantServer() as srv:
+        recs = replay(srv.url, "instant", reqs, on_progress=on_progress, abort=abort)
+        received = len(_stats(srv.url)["arrivals"])
+    assert len(recs) == 40
+    sent = [r for r in recs if r.error != NOT_SENT]
+    assert 5 <= len(sent) == received < 40
+    assert all(r.ok for r in sent)
+    assert all(r.status == 0 and r.ttft_s is None for r in recs if r.error == NOT_SENT)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
@@ -25,6 +26,9 @@ from workloads.trace import Request
 ProgressFn = Callable[[int, int, int], None]  # (done, total, in_flight)
 # A stretch this long without the event loop running is a client stall (RequestRecord.client_stall_s).
 CLIENT_STALL_S = 0.02
+# Once a replay is aborted (the server died), the requests not yet sent get this error.
+NOT_SENT = "not sent: the replay was stopped"
+ABORT_POLL_S = 0.1  # how often the open loop looks at the abort flag while waiting for a send time
 
 
 def request_body(model: str, r: Request) -> dict[str, Any]:
@@ -76,8 +80,9 @@ class _Run:
     """One load-generation run: shared session, run clock ``t0``, progress counters."""
 
     def __init__(self, session: aiohttp.ClientSession, url: str, model: str, timeout_s: float,
-                 on_progress: ProgressFn | None, total: int):
+                 on_progress: ProgressFn | None, total: int, abort: threading.Event | None = None):
         self.session, self.url, self.model = session, url, model
+        self.abort = abort
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.timeout_s = timeout_s
         self.on_progress, self.total = on_progress, total
@@ -86,6 +91,9 @@ class _Run:
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
+
+    def aborted(self) -> bool:
+        return self.abort is not None and self.abort.is_set()
 
     async def send(self, r: Request, body: bytes | str, scheduled_s: float, *, warmup: bool = False,
                    sem: asyncio.Semaphore | None = None) -> RequestRecord:
@@ -219,12 +227,14 @@ async def run_load(
     on_progress: ProgressFn | None = None,
     session: aiohttp.ClientSession | None = None,
     on_measure_start: Callable[[], Any] | None = None,
+    abort: threading.Event | None = None,
 ) -> list[RequestRecord]:
     """Replay ``requests`` against ``base_url`` and return warm-up records then measured ones.
 
     ``warmup`` requests (copies of the first ones, with reversed prompts) are sent and awaited
     before the clock starts. ``on_measure_start`` (sync or async) runs right before the measured
-    part, e.g. to scrape ``/metrics``.
+    part, e.g. to scrape ``/metrics``. Once ``abort`` is set (any thread; e.g. the server died) no
+    further request is sent: each unsent one gets a record with ``error`` = ``NOT_SENT``.
     """
     if max_concurrency is not None and max_concurrency < 1:
         raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -238,7 +248,7 @@ async def run_load(
         )
     try:
         run = _Run(session, base_url.rstrip("/") + "/v1/completions", model, request_timeout_s,
-                   on_progress, len(reqs))
+                   on_progress, len(reqs), abort)
         sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         warm_reqs = [_warmup_copy(r, i) for i, r in enumerate(reqs[:warmup])]
         warm = await asyncio.gather(
@@ -302,8 +312,10 @@ async def _open_loop(
     for r, body in zip(reqs, bodies):
         scheduled = r.arrival_s - base
         # uvloop timers have millisecond resolution and may fire early: re-check, never send early
-        while (delay := scheduled - run.now()) > 0:
-            await asyncio.sleep(delay)
+        while (delay := scheduled - run.now()) > 0 and not run.aborted():
+            await asyncio.sleep(min(delay, ABORT_POLL_S))
+        if run.aborted():
+            body = NOT_SENT
         tasks.append(asyncio.create_task(run.send(r, body, scheduled, sem=sem)))
     return list(await asyncio.gather(*tasks))
 
@@ -317,7 +329,8 @@ async def _closed_loop(run: _Run, reqs: list[Request], bodies: list[bytes | str]
         while next_i < len(reqs):
             i = next_i
             next_i += 1
-            out[i] = await run.send(reqs[i], bodies[i], run.now())  # due as soon as the user is free
+            body = NOT_SENT if run.aborted() else bodies[i]
+            out[i] = await run.send(reqs[i], body, run.now())  # due as soon as the user is free
 
     await asyncio.gather(*(user() for _ in range(users)))
     return out  # type: ignore[return-value]
@@ -341,12 +354,13 @@ def replay(
     warmup: int = 0,
     request_timeout_s: float = 600.0,
     on_progress: ProgressFn | None = None,
+    abort: threading.Event | None = None,
 ) -> list[RequestRecord]:
     """Synchronous ``run_load``: replay ``requests`` against a server and return the records."""
     return _run_async(
         run_load(base_url, model, requests, max_concurrency=max_concurrency,
                  closed_loop_users=closed_loop_users, warmup=warmup,
-                 request_timeout_s=request_timeout_s, on_progress=on_progress)
+                 request_timeout_s=request_timeout_s, on_progress=on_progress, abort=abort)
     )
 
 
@@ -383,7 +397,10 @@ async def run_load_with_server_metrics(
         if "sampler" not in state:
             raise RuntimeError("the run failed before /metrics sampling started")
         samples = await state["sampler"]
-        after = await scrape_async(base_url, metrics_session)
+        try:  # a server that died at the end of the replay: its records still count
+            after = await scrape_async(base_url, metrics_session)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            after = {}
     return LoadResult(records, state["before"], after, samples)
 
 

@@ -75,14 +75,24 @@ class CellActor:
             result = self.runner.run(spec, progress, model_root)
         except CellFailed as e:
             e.log_text = _read(e.log_path)
-            e.info["node"] = ray.util.get_node_ip_address()
+            e.info.update(_where())
             raise
         result.log_text = _read(result.log_path)
-        result.info["node"] = ray.util.get_node_ip_address()
+        result.info.update(_where())
         return result
 
     def stop(self) -> None:
         self.runner.stop()
+
+
+def _where() -> dict[str, str]:
+    """The node a cell ran on (IP + Ray node id: several raylets may share an IP) and where its code
+    was imported from (the runtime_env working_dir copy on a remote cluster)."""
+    import serving
+
+    node_id = ray.get_runtime_context().get_node_id()
+    return {"node": f"{ray.util.get_node_ip_address()} {node_id[:16]}", "node_id": node_id,
+            "code_dir": str(Path(serving.__file__).resolve().parents[1])}  # fmt: skip
 
 
 def _read(path: str | None) -> str | None:

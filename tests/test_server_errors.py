@@ -1,0 +1,94 @@
+"""How a failing server is reported: its root cause (never a WARNING line), and a server that dies
+mid-replay as "server exited with code N during replay: <root cause>" with the records so far."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+import orchestrator.config  # noqa: F401
+from serving.runner import error_line
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Lines of real vLLM 0.32 CPU server logs (a start-up failure and an engine crash mid-replay).
+ULIMIT_WARNING = (
+    "(APIServer pid=16984) WARNING 12-06 14:02:00 [system_utils.py:255] Found ulimit of 20000 and failed to "
+    "automatically increase with error current limit exceeds maximum limit. This can cause fd limit errors like "
+    "`OSError: [Errno 24] Too many open files`. Consider increasing with ulimit -n"
+)
+KV_ROOT = ("ValueError: To serve at least one request with the model's max seq len (4096), (0.0 GiB KV cache is "
+           "needed, which is larger than the available KV cache memory (0.0 GiB).")  # fmt: skip
+START_FAILURE = f"""{ULIMIT_WARNING}
+(EngineCore pid=17019) ERROR 12-06 14:02:23 [core.py:1510]     raise ValueError(
+(EngineCore pid=17019) ERROR 12-06 14:02:23 [core.py:1510] {KV_ROOT}
+Traceback (most recent call last):
+  File ".../vllm/v1/core/kv_cache_utils.py", line 1031, in _check_enough_kv_cache_memory
+    raise ValueError(
+{KV_ROOT}
+  File ".../vllm/v1/engine/utils.py", line 1431, in wait_for_engine_startup
+    raise RuntimeError(
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {{}}
+"""
+CRASH = f"""{ULIMIT_WARNING}
+(EngineCore pid=18638) ERROR 12-06 14:07:27 [core.py:1512]     raise RuntimeError(f"boom")
+(EngineCore pid=18638) ERROR 12-06 14:07:27 [core.py:1512] RuntimeError: CrashAfter: deliberate scheduler failure at step 60
+(APIServer pid=18606) ERROR 12-06 14:07:27 [async_llm.py:906] vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the root cause.
+(APIServer pid=18606) ERROR 12-06 14:07:27 [serving.py:500] Error in completion stream generator.
+INFO:     127.0.0.1:59874 - "POST /v1/completions HTTP/1.1" 500 Internal Server Error
+"""
+PYDANTIC = f"""{ULIMIT_WARNING}
+pydantic_core._pydantic_core.ValidationError: 1 validation error for SchedulerConfig
+max_num_seqs
+  Input should be greater than or equal to 1 [type=greater_than_equal, input_value=-1, input_type=int]
+
+"""
+
+
+@pytest.mark.parametrize("log, root", [
+    (START_FAILURE, KV_ROOT),
+    (CRASH, "RuntimeError: CrashAfter: deliberate scheduler failure at step 60"),
+    (PYDANTIC, "pydantic_core._pydantic_core.ValidationError: 1 validation error for SchedulerConfig | max_num_seqs | "
+               "Input should be greater than or equal to 1 [type=greater_than_equal, input_value=-1, input_type=int]"),
+    (ULIMIT_WARNING + "\n(APIServer pid=1) INFO 12-06 14:02:01 [api_server.py:1] Starting vLLM API server\n", ""),
+])  # fmt: skip
+def test_error_line_is_the_root_cause_never_a_warning(tmp_path, log, root):
+    path = tmp_path / "server.log"
+    path.write_text(log)
+    assert error_line(path) == root
+
+
+@pytest.mark.server
+def test_server_dying_mid_replay_is_reported_with_the_records_so_far(tmp_path):
+    """A policy raising in vLLM's scheduler once 4 requests finished (the warm-up request and 3 of the
+    trace) kills the engine mid-replay; the API server exits (code 0 in vLLM 0.32). The cell is FAILED
+    with that root cause, its records kept."""
+    from orchestrator.experiment import run_experiment
+
+    overrides = [
+        f"results_dir={tmp_path}", "experiment_name=crash", "progress=false", "policy.name=tests.crash_policy.CrashAfter",
+        "+policy.args.after_finished=4", "model.max_num_seqs=2", "workload.num_requests=20", "workload.rate=20",
+        "workload.max_output_len=32", "backend.warmup_requests=1",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        res = run_experiment(compose("config", overrides=overrides), overrides)
+    assert res.failed == 1
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("crash").experiment_id],
+                                filter_string="tags.`schedlab.role` = 'cell'")  # fmt: skip
+    assert run.info.status == "FAILED"
+    error = run.data.tags["schedlab.error"].splitlines()[0]
+    assert error.startswith("CellFailed: server exited with code ")
+    assert error.endswith("during replay: RuntimeError: CrashAfter: deliberate scheduler failure after 4 finished "
+                          "requests"), error
+    df = pd.read_parquet(client.download_artifacts(run.info.run_id, "requests.parquet", str(tmp_path / "dl")))
+    measured = df[~df.warmup]
+    assert len(measured) == 20  # one record per trace request, sent or not
+    # 3 trace requests finished before the crash (2 decode slots: a third could finish in the same step)
+    assert 3 <= measured.ok.sum() <= 4
+    assert measured[~measured.ok].error.notna().all()
+    assert (measured[measured.ok].status == 200).all()
