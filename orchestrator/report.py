@@ -208,7 +208,8 @@ def side_by_side(table: pd.DataFrame, compare_by: str, baseline: str):
             if m not in g.columns or g[m].isna().all():
                 continue
             rows.append((m, [format_cell(r, m, hb, base[:1] == [str(r[compare_by])]) for _, r in g.iterrows()]))
-        yield group, names, rows, [int(n) for n in g["n_seeds"]]
+        label = group if base else f"{group} (no valid {compare_by}={baseline} cell here: no deltas)"
+        yield label, names, rows, [int(n) for n in g["n_seeds"]]
 
 
 def print_table(table: pd.DataFrame, compare_by: str, baseline: str, title: str, console=None) -> None:

@@ -150,3 +150,16 @@ def test_same_overrides_but_different_code_are_two_columns():
     table = comparison_table(cells, "policy", "fcfs")
     assert list(table["policy"]) == ["fcfs", "sjf [plugin_source_hash=aaaa]", "sjf [plugin_source_hash=bbbb]"]
     assert list(table["ttft_ms_p50"]) == pytest.approx([100.0, 55.0, 35.0])
+
+
+def test_a_group_without_its_baseline_says_so(capsys):
+    from rich.console import Console
+
+    from orchestrator.report import print_table
+
+    cells = [cell("sjf", s, v) for s, v in enumerate([80.0, 92.0])]  # fcfs cells invalid or failed
+    label_cells(cells, "policy")
+    table = comparison_table(cells, "policy", "fcfs")
+    print_table(table, "policy", "fcfs", "demo", Console(width=250))
+    assert "no valid policy=fcfs cell here: no deltas" in capsys.readouterr().out
+    assert "ttft_ms_p50_delta_pct" not in table.columns
