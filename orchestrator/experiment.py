@@ -3,7 +3,9 @@
 Order matters for robustness: every cell is composed and validated (backend, model preset,
 policy/allocator names and arguments, workload files and loader arguments) before the first
 server starts; a failing cell is recorded as FAILED with its server log and the grid goes on;
-Ctrl-C stops every server and marks the interrupted runs KILLED.
+Ctrl-C stops every server and marks the interrupted runs KILLED. A finished cell gets a validity
+verdict (orchestrator.validity); only valid runs are reused on resume and compared. The outputs
+(comparison, plots, cells.csv, report.html) are rebuilt from every cell of the experiment in MLflow.
 """
 
 from __future__ import annotations
