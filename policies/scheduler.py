@@ -110,6 +110,7 @@ class PolicyScheduler(Scheduler):
                 f"scheduling policy {policy.describe()!r}: rekey_every={self._rekey_every} needs waiting queues "
                 f"with a rekey() method (KeyedRequestQueue has one; override waiting_key, or add rekey() to the "
                 f"queue make_queue() returns)")
+        self._preempts, self._limits_prefill = policy.preempts, policy.limits_prefill
         self._step_limits = glue.StepLimits(self)
         self._max_partial_prefills: int | None = None
         self._admission_base = 0  # running requests mid-prefill, minus len(running), at step start
@@ -132,9 +133,9 @@ class PolicyScheduler(Scheduler):
                     queue.rekey()
         if self._sort_running and len(self.running) > 1:
             self.running.sort(key=policy.preemption_key)
-        if policy.preempts:
+        if self._preempts:
             self._preempt_now(policy.to_preempt())
-        if policy.limits_prefill:
+        if self._limits_prefill:
             self._apply_prefill_limits(policy.prefill_limits())
         try:
             output = super().schedule(*args, **kwargs)
