@@ -60,6 +60,8 @@ def timed_run(sched, reqs: list[dict], arrivals_per_step: int) -> tuple[float, i
 
 def _timed_steps(sched, pending: list, arrivals_per_step: int) -> tuple[float, int]:
     busy, steps = 0.0, 0
+    if hasattr(sched, "clock"):  # policies' now(): the trace's time (request i arrives at i * 0.01 s)
+        sched.clock = lambda: steps * arrivals_per_step * 0.01
     while pending or sched.has_requests():
         t0 = time.process_time()
         for r in pending[:arrivals_per_step]:

@@ -136,6 +136,12 @@ class SchedulingPolicy:
     def prefill_limits(self) -> PrefillLimits | None:
         return None  # not overridden -> vLLM's configured limits (and no per-step call)
 
+    def stale_keys(self) -> Iterable[Request] | None:
+        """Asked every ``rekey_every`` steps: the waiting requests whose ``waiting_key`` may have
+        changed since the last call (only those are re-keyed, O(k log n); requests no longer
+        waiting are ignored), or None: re-key all of them (O(n))."""
+        return None
+
     def on_schedule(self, output: SchedulerOutput) -> None:
         pass
 

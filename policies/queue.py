@@ -3,8 +3,9 @@
 ``KeyedRequestQueue``: ordered by a policy's ``waiting_key`` (a heap, O(log n) add/pop). Ties go to
 the earlier arrival, then to insertion order. vLLM "prepends" preempted and skipped requests; in an
 ordered queue that is just a re-insert (as in vLLM's own PriorityRequestQueue). ``rekey()``
-re-evaluates every key (O(n)), for keys that change while requests wait. Iteration is best-first and
-lazy (the first k requests cost O(k log k)); do not change the queue while iterating it.
+re-evaluates every key (O(n)), ``rekey(requests)`` only those (a new heap entry each; the old one
+is skipped as stale when it surfaces), for keys that change while requests wait. Iteration is
+best-first and lazy (the first k requests cost O(k log k)); do not change the queue while iterating.
 
 ``TenantQueue``: the same order (or vLLM's FCFS), split per tenant so that a tenant refused by the
 allocator can be closed for the rest of a step.
@@ -39,20 +40,30 @@ class KeyedRequestQueue(RequestQueue):
     def __init__(self, key: Callable[[Request], Any]) -> None:
         self._key = key
         self._heap: list[tuple[Any, float, int, Request]] = []
+        self._live: dict[Request, tuple] = {}  # request -> its current heap entry; other entries are stale
         self._seq = itertools.count()
 
     def add_request(self, request: Request) -> None:
-        heapq.heappush(self._heap, (self._key(request), request.arrival_time, next(self._seq), request))
+        entry = (self._key(request), request.arrival_time, next(self._seq), request)
+        self._live[request] = entry
+        heapq.heappush(self._heap, entry)
+
+    def _top(self) -> tuple:
+        heap, live = self._heap, self._live
+        while heap and live.get(heap[0][3]) is not heap[0]:
+            heapq.heappop(heap)  # stale: re-keyed or removed since it was pushed
+        if not heap:
+            raise IndexError("pop from an empty queue")
+        return heap[0]
 
     def pop_request(self) -> Request:
-        if not self._heap:
-            raise IndexError("pop from an empty queue")
-        return heapq.heappop(self._heap)[3]
+        request = self._top()[3]
+        heapq.heappop(self._heap)
+        del self._live[request]
+        return request
 
     def peek_request(self) -> Request:
-        if not self._heap:
-            raise IndexError("peek from an empty queue")
-        return self._heap[0][3]
+        return self._top()[3]
 
     def prepend_request(self, request: Request) -> None:
         self.add_request(request)
@@ -65,24 +76,40 @@ class KeyedRequestQueue(RequestQueue):
         self.remove_requests((request,))
 
     def remove_requests(self, requests: Iterable[Request]) -> None:
-        gone = requests if isinstance(requests, set) else set(requests)
-        self._heap = [e for e in self._heap if e[3] not in gone]
-        heapq.heapify(self._heap)
+        for request in requests:
+            self._live.pop(request, None)
+        self._compact_if_stale()
+
+    def _compact_if_stale(self) -> None:
+        if len(self._heap) > 2 * len(self._live) + 32:
+            self._heap = list(self._live.values())
+            heapq.heapify(self._heap)
 
     def __bool__(self) -> bool:
-        return bool(self._heap)
+        return bool(self._live)
 
     def __len__(self) -> int:
-        return len(self._heap)
+        return len(self._live)
 
     def __iter__(self) -> Iterator[Request]:
-        return (e[3] for e in _best_first(self._heap))
+        live = self._live
+        return (e[3] for e in _best_first(self._heap) if live.get(e[3]) is e)
 
-    def rekey(self) -> None:
-        """Re-evaluate ``key`` for every waiting request (ties keep their arrival and insertion order)."""
-        key = self._key
-        self._heap = [(key(e[3]), e[1], e[2], e[3]) for e in self._heap]
-        heapq.heapify(self._heap)
+    def rekey(self, requests: Iterable[Request] | None = None) -> None:
+        """Re-evaluate ``key`` for every waiting request (None: O(n)), or only for ``requests``
+        (O(k log n); those not in this queue are ignored). Ties keep arrival and insertion order."""
+        key, live = self._key, self._live
+        if requests is None:
+            self._heap = [(key(r), e[1], e[2], r) for r, e in live.items()]
+            self._live = {e[3]: e for e in self._heap}
+            heapq.heapify(self._heap)
+            return
+        for request in requests:
+            old = live.get(request)
+            if old is not None and (k := key(request)) != old[0]:
+                live[request] = entry = (k, old[1], old[2], request)
+                heapq.heappush(self._heap, entry)  # the old entry is now stale
+        self._compact_if_stale()
 
 
 class TenantQueue(RequestQueue):
@@ -165,8 +192,9 @@ class TenantQueue(RequestQueue):
     def __iter__(self) -> Iterator[Request]:
         return (e[1] for e in heapq.merge(*map(_best_first, self._heaps.values())))
 
-    def rekey(self) -> None:
-        """Re-evaluate the policy's key for every waiting request (FCFS ranks do not change)."""
+    def rekey(self, requests: Iterable[Request] | None = None) -> None:
+        """Re-evaluate the policy's key for every waiting request (FCFS ranks do not change); given
+        ``requests``, still all of them (correct, O(n))."""
         if self._key is None:
             return
         for t, heap in self._heaps.items():

@@ -128,9 +128,7 @@ class PolicyScheduler(Scheduler):
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         policy = self.schedlab_policy
         if self._rekey_every and self.current_step % self._rekey_every == 0:
-            for queue in glue.waiting_queues(self):
-                if len(queue) > 1 and hasattr(queue, "rekey"):
-                    queue.rekey()
+            self._rekey(policy.stale_keys())
         if self._sort_running and len(self.running) > 1:
             self.running.sort(key=policy.preemption_key)
         if self._preempts:
@@ -154,6 +152,16 @@ class PolicyScheduler(Scheduler):
         if self.schedlab_config.check_invariants:
             self.check_invariants("after update_from_output()")
         return outputs
+
+    def _rekey(self, stale) -> None:
+        if stale is None:
+            for queue in glue.waiting_queues(self):
+                if len(queue) > 1:
+                    queue.rekey()
+        elif stale := list(stale):  # never skipped: the policy has handed these over once
+            for queue in glue.waiting_queues(self):
+                if queue:
+                    queue.rekey(stale)
 
     def _preempt_now(self, victims) -> None:
         victims = list(victims or ())

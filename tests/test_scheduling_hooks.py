@@ -329,3 +329,22 @@ class RekeyNoQueue(SchedulingPolicy):
 def test_rekey_with_a_queue_that_cannot_rekey_fails_early(model_dir):
     with pytest.raises(ValueError, match=r"RekeyNoQueue.*rekey_every=2 needs waiting queues with a rekey\(\)"):
         sched_for(model_dir, f"{__name__}.RekeyNoQueue")
+
+
+def test_keyed_queue_rekeys_a_subset_and_skips_stale_entries():
+    from policies.queue import KeyedRequestQueue
+    keys = {"r0": 5, "r1": 3, "r2": 4, "r3": 1}
+    q = KeyedRequestQueue(lambda r: keys[r.request_id])
+    reqs = {f"r{i}": req(i) for i in range(4)}
+    for r in reqs.values():
+        q.add_request(r)
+    assert [r.request_id for r in q] == ["r3", "r1", "r2", "r0"]
+    keys.update(r0=0, r2=9)          # both changed, only r0 is said to be stale
+    q.rekey([reqs["r0"], req(7)])    # r7 is not in this queue: ignored
+    assert [r.request_id for r in q] == ["r0", "r3", "r1", "r2"] and len(q) == 4
+    q.remove_request(reqs["r3"])
+    q.rekey()                        # all: r2's 9 is seen now
+    assert [r.request_id for r in q] == ["r0", "r1", "r2"] and len(q) == 3
+    assert [q.pop_request().request_id for _ in range(3)] == ["r0", "r1", "r2"] and not q
+    with pytest.raises(IndexError):
+        q.peek_request()

@@ -5,12 +5,16 @@ output tokens generated — so short requests finish first without knowing any l
 MLFQ is its quantized form). Plain LAS starves long requests under load; with aging, a request in
 the system for longer than ``max_wait_s`` goes ahead of every younger one (oldest first).
 
-A waiting request ages while it waits, so its key changes: the queue is re-keyed every
-``rekey_every`` steps. Victim: the not-yet-aged running request with the most service (latest
-arrival among equals).
+A waiting request ages while it waits, so its key changes: every ``rekey_every`` steps the
+requests that have aged since are re-keyed (they age in the order of the times they will be old,
+kept in a heap, so a re-key costs O(aged log n), not O(waiting)). Victim: the not-yet-aged running
+request with the most service (latest arrival among equals).
 """
 
 from __future__ import annotations
+
+import heapq
+import itertools
 
 from policies.base import SchedulingPolicy, tokens_served
 
@@ -23,12 +27,23 @@ class LAS(SchedulingPolicy):
             raise ValueError(f"las: max_wait_s must be > 0, got {max_wait_s!r}")
         self.max_wait_s = float(max_wait_s)
         self.rekey_every = rekey_every
+        self.ageing: list = []  # (time it becomes aged, seq, request) for requests keyed as young
+        self.seq = itertools.count()
 
     def aged(self, request) -> bool:
         return self.waited(request) > self.max_wait_s
 
     def waiting_key(self, request):
-        return (0, request.arrival_time) if self.aged(request) else (1, tokens_served(request))
+        if self.aged(request):
+            return (0, request.arrival_time)
+        heapq.heappush(self.ageing, (request.arrival_time + self.max_wait_s, next(self.seq), request))
+        return (1, tokens_served(request))
+
+    def stale_keys(self):
+        now, ageing, stale = self.now(), self.ageing, []
+        while ageing and ageing[0][0] < now:
+            stale.append(heapq.heappop(ageing)[2])
+        return stale
 
     def preemption_key(self, request):
         return (not self.aged(request), tokens_served(request), request.arrival_time)
