@@ -296,6 +296,7 @@ def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker
         status[key] = ("SKIPPED", run.info.run_id, 0.0)
     # The outputs cover every cell of the experiment in MLflow, not only this invocation's.
     all_cells = experiment_cells(tracker, cfg, [c.key for c in cells], cache)
+    invalid = sum(1 for c in all_cells if c.run_id in cache and not c.valid)
     table = _report(cfg, tracker, all_cells, exp_dir, console)
     _write_cells_csv(all_cells, status, exp_dir / "cells.csv")
     tracker.log_artifact(parent_id, exp_dir / "cells.csv")
@@ -306,7 +307,8 @@ def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker
                                    "cells_skipped": len(done_runs)}, None)  # fmt: skip
     tracker.end_parent("FAILED" if failed and not finished and not done_runs else "FINISHED")
     console.print(
-        f"{finished} finished, {failed} failed, {len(done_runs)} skipped. Results in {exp_dir}\n"
+        f"{finished} finished ({invalid} of them invalid), {failed} failed, {len(done_runs)} skipped. "
+        f"Results in {exp_dir} (report.html)\n"
         f"MLflow UI: mlflow ui --backend-store-uri {tracker.tracking_uri}  (then open http://127.0.0.1:5000)"
     )
     return ExperimentResult(finished, failed, len(done_runs), table, exp_dir, parent_id, tracker.tracking_uri)
