@@ -150,3 +150,9 @@ def test_a_recording_error_fails_that_cell_only(recorded, tmp_path):
     parent = client.get_run(by_policy["sjf"].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED"
     assert (results / "sjf_vs_fcfs" / "cells.csv").exists()
+
+
+def test_a_grid_value_hydra_cannot_compose_is_a_config_error(tmp_path):
+    msg = config_error(tmp_path, "+experiment=sjf_vs_fcfs", "grid.policy=[fcfs,no_such_policy]",
+                       "grid.workload=[synthetic_poisson]", "grid.seed=[0]")  # fmt: skip
+    assert "no_such_policy" in msg
