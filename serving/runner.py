@@ -7,6 +7,7 @@ sampling ``/metrics``, stop the server. A watchdog stops the server after ``cell
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import threading
@@ -22,6 +23,7 @@ from serving.models import write_model_dir
 from serving.server import ServerStartError, VLLMServer, vllm_build, vllm_version
 from workloads.loadgen import replay, replay_with_server_metrics, warmup_copies
 from workloads.metrics import summarize
+from workloads.records import RequestRecord
 from workloads.server_metrics import server_summary
 
 
@@ -104,6 +106,10 @@ def _wait_exit(server: VLLMServer, timeout_s: float) -> None:
         pass
 
 
+def _as_warmup(records: list[RequestRecord]) -> list[RequestRecord]:
+    return [dataclasses.replace(r, warmup=True) for r in records]
+
+
 def _watch_exit(server: VLLMServer, gone: threading.Event, period_s: float = 0.25) -> None:
     while not gone.wait(period_s):
         if not server.is_alive():
@@ -124,10 +130,23 @@ class CellRunner:
             server.stop(grace_s=5)
 
     @staticmethod
-    def _died(server: VLLMServer, log_path: Path) -> str:
+    def _died(server: VLLMServer, log_path: Path, phase: str = "replay") -> str:
         code = server.proc.returncode if server.proc is not None else None
-        return (f"server exited with code {code} during replay: {error_line(log_path) or 'no exception in its log'}"
+        return (f"server exited with code {code} during {phase}: {error_line(log_path) or 'no exception in its log'}"
                 f"\n{server.log_tail()}")
+
+    def _check_server(self, server: VLLMServer, log_path: Path, info: dict, phase: str, records: list) -> None:
+        """After a replay phase: raise ``CellFailed`` (keeping ``records``) if the server died during it."""
+        if self.stopped.is_set():
+            raise KeyboardInterrupt("cell stopped")
+        if server.is_alive() and not server.is_healthy():  # engine dead: the API server is shutting down
+            _wait_exit(server, UNHEALTHY_EXIT_S)
+            if server.is_alive():
+                raise CellFailed(f"server stopped answering /health during {phase}: "
+                                 f"{error_line(log_path) or 'no exception in its log'}\n{server.log_tail()}",
+                                 str(log_path), info=info, records=records)  # fmt: skip
+        if not server.is_alive():
+            raise CellFailed(self._died(server, log_path, phase), str(log_path), info=info, records=records)
 
     def run(self, spec: CellSpec, progress: CellProgress, model_root: str | Path) -> CellResult:
         cfg = spec.config()
@@ -163,13 +182,14 @@ class CellRunner:
                 why = "timed out" if timed_out.is_set() else "failed to start"
                 raise CellFailed(f"vLLM server {why}: {error_line(log_path) or e}\n{e}", str(log_path),
                                  info=info) from None
+            threading.Thread(target=_watch_exit, args=(server, gone), daemon=True).start()
             warm = []
             if be.get("warmup_replay", False):
                 progress.phase("warm-up replay")
                 warm = replay(server.url, server.model_name, warmup_copies(spec.requests),
-                              request_timeout_s=be.request_timeout_s)  # fmt: skip
+                              request_timeout_s=be.request_timeout_s, abort=gone)  # fmt: skip
+                self._check_server(server, log_path, info, "warm-up replay", _as_warmup(warm))
             progress.phase("replaying")
-            threading.Thread(target=_watch_exit, args=(server, gone), daemon=True).start()
             result = replay_with_server_metrics(
                 server.url, server.model_name, spec.requests,
                 sample_interval_s=be.metrics_interval_s, warmup=be.warmup_requests,
@@ -179,16 +199,7 @@ class CellRunner:
             if timed_out.is_set():
                 raise CellFailed(f"cell timed out after {be.cell_timeout_s:.0f} s", str(log_path), info=info,
                                  records=result.records)  # fmt: skip
-            if self.stopped.is_set():
-                raise KeyboardInterrupt("cell stopped")
-            if server.is_alive() and not server.is_healthy():  # engine dead: the API server is shutting down
-                _wait_exit(server, UNHEALTHY_EXIT_S)
-                if server.is_alive():
-                    raise CellFailed(f"server stopped answering /health during replay: "
-                                     f"{error_line(log_path) or 'no exception in its log'}\n{server.log_tail()}",
-                                     str(log_path), info=info, records=result.records)  # fmt: skip
-            if not server.is_alive():
-                raise CellFailed(self._died(server, log_path), str(log_path), info=info, records=result.records)
+            self._check_server(server, log_path, info, "replay", _as_warmup(warm) + result.records)
         except CellFailed:
             raise
         except Exception as e:

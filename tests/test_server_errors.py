@@ -72,7 +72,7 @@ def test_server_dying_mid_replay_is_reported_with_the_records_so_far(tmp_path):
     overrides = [
         f"results_dir={tmp_path}", "experiment_name=crash", "progress=false", "policy.name=tests.crash_policy.CrashAfter",
         "+policy.args.after_finished=4", "model.max_num_seqs=2", "workload.num_requests=20", "workload.rate=20",
-        "workload.max_output_len=32", "backend.warmup_requests=1",
+        "workload.max_output_len=32", "backend.warmup_requests=1", "backend.warmup_replay=false",
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         res = run_experiment(compose("config", overrides=overrides), overrides)
@@ -85,6 +85,7 @@ def test_server_dying_mid_replay_is_reported_with_the_records_so_far(tmp_path):
     assert error.startswith("CellFailed: server exited with code ")
     assert error.endswith("during replay: RuntimeError: CrashAfter: deliberate scheduler failure after 4 finished "
                           "requests"), error
+    assert "requests.parquet" in {a.path for a in client.list_artifacts(run.info.run_id)}, run.data.tags["schedlab.error"]
     df = pd.read_parquet(client.download_artifacts(run.info.run_id, "requests.parquet", str(tmp_path / "dl")))
     measured = df[~df.warmup]
     assert len(measured) == 20  # one record per trace request, sent or not
