@@ -226,20 +226,22 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def group_pids(pgid: int) -> list[int]:
-    """PIDs of live (non-zombie) processes in a process group (Linux /proc)."""
-    pids = []
+def _live_processes():
+    """(pid, fields of /proc/<pid>/stat after the command name) of every live, non-zombie process."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            pids.append(int(entry))
-    return pids
+        if fields[0] != "Z":
+            yield int(entry), fields
+
+
+def group_pids(pgid: int) -> list[int]:
+    """PIDs of live (non-zombie) processes in a process group (Linux /proc)."""
+    return [pid for pid, fields in _live_processes() if int(fields[2]) == pgid]
 
 
 def pid_alive(pid: int) -> bool:
@@ -253,13 +255,11 @@ def pid_alive(pid: int) -> bool:
 def pids_matching(marker: str) -> list[int]:
     """PIDs of live processes whose command line contains ``marker`` (Linux /proc)."""
     pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid, _ in _live_processes():
         try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if marker in cmd and pid_alive(int(entry)):
-            pids.append(int(entry))
+        if marker in cmd:
+            pids.append(pid)
     return pids
