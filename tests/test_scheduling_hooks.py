@@ -348,3 +348,23 @@ def test_keyed_queue_rekeys_a_subset_and_skips_stale_entries():
     assert [q.pop_request().request_id for _ in range(3)] == ["r0", "r1", "r2"] and not q
     with pytest.raises(IndexError):
         q.peek_request()
+
+
+def test_fastserve_on_vllms_async_scheduler(model_dir):
+    """GPU servers run vLLM's AsyncScheduler: the same victims, through the same hooks."""
+    from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+    sync = sched_for(model_dir, "fastserve", FASTSERVE_ARGS, max_num_seqs=2, num_blocks=64)
+    sync.vllm_config.scheduler_config.async_scheduling = True
+    sched = policies.scheduler_class()(vllm_config=sync.vllm_config, kv_cache_config=sync.kv_cache_config,
+                                       structured_output_manager=sync.structured_output_manager, block_size=16)
+    assert isinstance(sched, AsyncScheduler)
+    r0, r1 = req(0, 16, 40), req(1, 16, 40)
+    sched.add_request(r0)
+    sched.add_request(r1)
+    for _ in range(5):
+        step(sched)
+    sched.add_request(req(2, 16, 40))
+    trace = run(sched)
+    assert trace.preempted[:2] == ["r1", "r0"] and trace.admitted_per_step[0] == ["r2"]
+    assert sorted(trace.finished) == ["r0", "r1", "r2"]
+    assert r0.num_preemptions == r1.num_preemptions == 1
