@@ -182,6 +182,24 @@ class SchedulingPolicy:
 
         return num_free_slots(self.scheduler)
 
+    def free_kv_blocks(self) -> int:
+        """Free KV blocks now (cached-but-free included: vLLM evicts those on demand)."""
+        from policies.vllm_glue import num_free_kv_blocks
+
+        return num_free_kv_blocks(self.scheduler)
+
+    def kv_blocks_needed(self, request: Request) -> int:
+        """New KV blocks a waiting request needs for all its tokens (prefix-cache hit aside)."""
+        from policies.vllm_glue import kv_blocks_needed
+
+        return kv_blocks_needed(self.scheduler, request)
+
+    def kv_blocks_freed_by(self, request: Request) -> int:
+        """KV blocks that preempting this running request would free (those no other request holds)."""
+        from policies.vllm_glue import kv_blocks_freed_by
+
+        return kv_blocks_freed_by(self.scheduler, request)
+
     @property
     def orders_waiting(self) -> bool:
         return type(self).waiting_key is not SchedulingPolicy.waiting_key

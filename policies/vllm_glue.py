@@ -234,6 +234,28 @@ def preempt_running(sched: _Scheduler, victims: _Iterable[_Request]) -> None:
         sched.prev_step_scheduled_req_ids.discard(request.request_id)
 
 
+def num_free_kv_blocks(sched: _Scheduler) -> int:
+    """Free KV blocks (cached-but-free ones included: vLLM evicts them on demand)."""
+    return sched.kv_cache_manager.block_pool.get_num_free_blocks()
+
+
+def kv_blocks_freed_by(sched: _Scheduler, request: _Request) -> int:
+    """Blocks that preempting this running request would return to the free queue: those only it
+    holds (a prefix block shared with another request stays in use)."""
+    groups = sched.kv_cache_manager.coordinator.get_blocks(request.request_id)
+    return sum(1 for blocks in groups for b in blocks if b.ref_cnt == 1 and not b.is_null)
+
+
+def kv_blocks_needed(sched: _Scheduler, request: _Request) -> int:
+    """New blocks a waiting request needs to hold all its tokens, the prefix-cache hit aside (the
+    cache is looked up only when the whole prompt would not fit anyway)."""
+    block_size, free = sched.block_size, num_free_kv_blocks(sched)
+    need = -(-request.num_tokens // block_size)
+    if need <= free:
+        return need
+    return -(-(request.num_tokens - cached_prefix_tokens(sched, request)) // block_size)
+
+
 def is_running(sched: _Scheduler, request: _Request) -> bool:
     return request.status == _RequestStatus.RUNNING and request in sched.running
 

@@ -368,3 +368,25 @@ def test_fastserve_on_vllms_async_scheduler(model_dir):
     assert trace.preempted[:2] == ["r1", "r0"] and trace.admitted_per_step[0] == ["r2"]
     assert sorted(trace.finished) == ["r0", "r1", "r2"]
     assert r0.num_preemptions == r1.num_preemptions == 1
+
+
+def test_fastserve_displaces_for_kv_blocks_too(model_dir):
+    # 11 usable blocks of 16 tokens, 4 slots. r0, r1 (64-token prompts) hold 5 blocks each from
+    # step 2 on (65-80 tokens), 1 block is free. After 5 steps (level 1) r2 arrives: level 0, a free
+    # slot but 3 blocks needed (40 tokens) -> displace r1 (most demoted, later arrival), which frees
+    # its 5 blocks: 6 >= 3, r2 fits and is admitted in the same step.
+    sched = sched_for(model_dir, "fastserve", FASTSERVE_ARGS, max_num_seqs=4, num_blocks=12)
+    sched.add_request(req(0, 64, 40))
+    sched.add_request(req(1, 64, 40))
+    trace = Trace()
+    for _ in range(5):
+        step(sched, trace)
+    assert sched.schedlab_policy.free_kv_blocks() == 1
+    r2 = req(2, 40, 4)
+    sched.add_request(r2)
+    assert sched.schedlab_policy.kv_blocks_needed(r2) == 3
+    assert sched.schedlab_policy.kv_blocks_freed_by(sched.requests["r1"]) == 5
+    step(sched, trace)
+    assert trace.preempted == ["r1"] and trace.admitted_per_step[5] == ["r2"]
+    trace2 = run(sched)
+    assert sorted(trace2.finished) == ["r0", "r1", "r2"]
