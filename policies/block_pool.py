@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Sequence
+from typing import NoReturn
 
 from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
@@ -107,11 +108,24 @@ class BlockChooser:
         return self.check(ids, alloc)
 
     def check(self, ids: Sequence[int], alloc: Allocation) -> list[KVCacheBlock]:
+        """The chosen blocks, if ``ids`` are ``alloc.num_blocks`` distinct free blocks (and every eviction
+        victim is among them); else a BlockChoiceError saying what is wrong, before anything changed."""
+        blocks, n = self.pool.blocks, len(ids)
+        out = [blocks[i] for i in ids if type(i) is int and 0 < i < len(blocks) and blocks[i].prev_free_block is not None]
+        if len(out) == n == alloc.num_blocks and (n == 1 or len(set(ids)) == n) and not self.unused_victims(ids):
+            return out
+        self.explain(ids, alloc)
+
+    def unused_victims(self, ids: Sequence[int]) -> list[int]:
+        victims = self.free.victims
+        return sorted(set(victims) - set(ids)) if victims else []
+
+    def explain(self, ids: Sequence[int], alloc: Allocation) -> NoReturn:
+        """Raise the BlockChoiceError that says what is wrong with ``ids``."""
         who = f"allocator {self.allocator.describe()!r}"
         blocks, n = self.pool.blocks, alloc.num_blocks
         if len(ids) != n:
             raise BlockChoiceError(f"{who} chose {len(ids)} blocks for {alloc}, which needs {n}")
-        out = []
         for block_id in ids:
             if not (type(block_id) is int and 0 < block_id < len(blocks)):
                 what = "the null block" if block_id == 0 else f"not a block id of this pool (1..{len(blocks) - 1})"
@@ -119,16 +133,12 @@ class BlockChooser:
             block = blocks[block_id]
             if block.prev_free_block is None:
                 raise BlockChoiceError(f"{who} chose block {block_id} for {alloc}, which is not free (ref_cnt={block.ref_cnt})")
-            out.append(block)
         if n > 1 and len(set(ids)) != n:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise BlockChoiceError(f"{who} chose block {dup} twice for {alloc}")
-        victims = self.free.victims
-        if victims and not set(victims) <= set(ids):
-            unused = sorted(set(victims) - set(ids))
-            raise BlockChoiceError(f"{who} asked the eviction policy {self.eviction.describe()!r} for victims "
-                                   f"{unused} and did not use them (every id evict() returns must be chosen)")
-        return out
+        unused = self.unused_victims(ids)
+        raise BlockChoiceError(f"{who} asked the eviction policy {self.eviction.describe()!r} for victims "
+                               f"{unused} and did not use them (every id evict() returns must be chosen)")
 
     def on_join(self, blocks: list[KVCacheBlock], at_cached_end: bool) -> None:
         self.allocator.on_free(blocks)

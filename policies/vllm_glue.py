@@ -87,13 +87,13 @@ def _with_request(vllm_method):
     @functools.wraps(vllm_method)
     def method(self, request_id, *args, **kwargs):
         queue = self.block_pool.free_block_queue
-        if type(queue) is not ChoosingFreeBlockQueue:  # the manager was rebound to another pool (HiSparse host)
+        if queue.__class__ is not ChoosingFreeBlockQueue:  # the manager was rebound to another pool (HiSparse host)
             return vllm_method(self, request_id, *args, **kwargs)
-        outer, queue.context = queue.context, (self, request_id)
+        queue.context = (self, request_id)  # vLLM's allocate methods do not nest
         try:
             return vllm_method(self, request_id, *args, **kwargs)
         finally:
-            queue.context = outer
+            queue.context = None
 
     return method
 
