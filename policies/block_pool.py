@@ -128,7 +128,8 @@ class BlockChooser:
             raise BlockChoiceError(f"{who} chose {len(ids)} blocks for {alloc}, which needs {n}")
         for block_id in ids:
             if not (type(block_id) is int and 0 < block_id < len(blocks)):
-                what = "the null block" if block_id == 0 else f"not a block id of this pool (1..{len(blocks) - 1})"
+                what = ("the null block" if block_id == 0 else f"not a Python int (a {type(block_id).__name__})"
+                        if type(block_id) is not int else f"not a block id of this pool (1..{len(blocks) - 1})")
                 raise BlockChoiceError(f"{who} chose block {block_id!r} for {alloc}: {what}")
             block = blocks[block_id]
             if block.prev_free_block is None:
