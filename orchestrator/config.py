@@ -46,6 +46,8 @@ class ModelConfig:
     num_gpu_blocks_override: Optional[int] = None
     block_size: Optional[int] = None
     enable_prefix_caching: Optional[bool] = None  # None: vLLM's default
+    enable_chunked_prefill: Optional[bool] = None  # None: vLLM's default (on)
+    long_prefill_token_threshold: Optional[int] = None  # prefill tokens per request per step (chunk size)
     enforce_eager: bool = False
     dtype: Optional[str] = None
     extra_args: List[str] = field(default_factory=list)  # any other `vllm serve` flags
@@ -123,6 +125,9 @@ class SchedlabConfig:
     progress: bool = True
     validity: ValidityConfig = field(default_factory=ValidityConfig)
     invalid_ok: bool = False  # keep invalid cells in the comparison (marked) and reuse them on resume
+    # Dotted path of a function (cells, cfg, exp_dir) -> list of files, run after the comparison
+    # table; its files go to the parent run (e.g. orchestrator.reproductions.sarathi).
+    analysis: Optional[str] = None
     # Grid: key -> list of values, each a Hydra override (`policy: [fcfs, sjf]` -> policy=fcfs,
     # policy=sjf); the cartesian product of all keys, times every entry of `cells`.
     grid: Dict[str, Any] = field(default_factory=dict)

@@ -10,6 +10,7 @@ verdict (orchestrator.validity); only valid runs are reused on resume and compar
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import tempfile
@@ -221,6 +222,8 @@ def run_experiment(cfg: DictConfig, task_overrides: Sequence[str], console: Cons
         cells = plan_cells(cfg, task_overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise ConfigError(f"grid: {e}") from None
+    if cfg.get("analysis"):
+        analysis_function(cfg.analysis)  # a typo fails now, not after the grid ran
     specs = prepare(cells, Path(cfg.results_dir).resolve())  # all validation happens here, before any server
     try:
         tracker = Tracker(cfg)
@@ -348,6 +351,24 @@ def _report(cfg: DictConfig, tracker: Tracker, cells: list[CellData], exp_dir: P
     plot_ttft_cdf(cells, cfg.compare_by, exp_dir / "ttft_cdf.png")
     plot_latency_percentiles(cells, cfg.compare_by, exp_dir / "latency_percentiles.png")
     plot_timeseries(cells, cfg.compare_by, exp_dir / "kv_usage_queue_length.png")
+    if cfg.get("analysis"):
+        outputs += run_analysis(cfg.analysis, [c for c in cells if c.in_table], cfg, exp_dir, console)
     for p in outputs:
         tracker.log_artifact(tracker.parent_id, p)
     return table
+
+
+def run_analysis(path: str, cells: list[CellData], cfg: DictConfig, exp_dir: Path, console: Console) -> list[Path]:
+    """The experiment's own analysis (``analysis: module.function``): extra tables and plots."""
+    return list(analysis_function(path)(cells, cfg, exp_dir, console))
+
+
+def analysis_function(path: str):
+    module, _, name = path.rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module), name) if module else None
+    except (ImportError, AttributeError):
+        fn = None
+    if not callable(fn):
+        raise ConfigError(f"analysis: {path!r} is not an importable function (module.function)")
+    return fn

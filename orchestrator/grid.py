@@ -27,7 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 # still finds the finished cell. Everything else (request and cell timeouts, warm-up, engine arguments,
 # workload, seeds) is part of it, and so is the plugin's source (plugin_source_hash).
 _NOT_IDENTITY = ("force", "progress", "results_dir", "mlflow", "grid", "cells", "compare_by", "baseline",
-                 "validity", "invalid_ok")  # fmt: skip
+                 "validity", "invalid_ok", "analysis")  # fmt: skip
 # Backend keys (any backend node) that only say where a cell runs, or whether its server came up
 # (a start-up timeout never changes the measurements of a cell that finished).
 _BACKEND_NOT_IDENTITY = ("ray_address", "ray_num_cpus", "num_cpus_per_cell", "max_parallel", "ray_ship_code",

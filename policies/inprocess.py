@@ -37,6 +37,8 @@ def make_vllm_config(
     max_num_batched_tokens: int = 2048,
     max_model_len: int = 4096,
     enable_prefix_caching: bool = True,
+    enable_chunked_prefill: bool = True,
+    long_prefill_token_threshold: int = 0,
     scheduler_cls: type | str | None = None,
     additional_config: dict[str, Any] | None = None,
 ) -> VllmConfig:
@@ -45,7 +47,8 @@ def make_vllm_config(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
         max_model_len=max_model_len,
-        enable_chunked_prefill=True,
+        enable_chunked_prefill=enable_chunked_prefill,
+        long_prefill_token_threshold=long_prefill_token_threshold,
         async_scheduling=False,
         is_encoder_decoder=False,
     )

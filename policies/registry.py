@@ -23,6 +23,7 @@ SCHEDULING_POLICIES: dict[str, str] = {
     "las": "policies.scheduling.las.LAS",
     "lpm": "policies.scheduling.lpm.LPM",
     "sarathi": "policies.scheduling.sarathi.Sarathi",
+    "andes": "policies.scheduling.andes.Andes",
 }
 
 BLOCK_ALLOCATORS: dict[str, str] = {

@@ -36,6 +36,7 @@ def engine_args(model: DictConfig, seed: int) -> list[str]:
         "--max-model-len": model.max_model_len,
         "--num-gpu-blocks-override": model.num_gpu_blocks_override,
         "--block-size": model.block_size,
+        "--long-prefill-token-threshold": model.get("long_prefill_token_threshold"),
         "--dtype": model.dtype,
     }
     if model.tensor_parallel_size > 1:
@@ -45,6 +46,8 @@ def engine_args(model: DictConfig, seed: int) -> list[str]:
             args += [flag, str(value)]
     if model.enable_prefix_caching is not None:
         args.append("--enable-prefix-caching" if model.enable_prefix_caching else "--no-enable-prefix-caching")
+    if model.get("enable_chunked_prefill") is not None:
+        args.append("--enable-chunked-prefill" if model.enable_chunked_prefill else "--no-enable-chunked-prefill")
     if model.enforce_eager:
         args.append("--enforce-eager")
     return args + [str(a) for a in model.extra_args]

@@ -65,6 +65,8 @@ def simulate(
     num_gpu_blocks: int | None = None,
     block_size: int = 16,
     enable_prefix_caching: bool = True,
+    enable_chunked_prefill: bool = True,
+    long_prefill_token_threshold: int = 0,
     max_model_len: int | None = None,
     seed: int = 0,
     warm_num_tokens: Iterable[int] = (),
@@ -76,6 +78,11 @@ def simulate(
     ``num_gpu_blocks=None`` derives the KV cache size like vLLM: from the roofline hardware's
     memory (memory × utilization − weights − activations) / bytes per block, or from the
     ``num_gpu_blocks`` a calibrated linear profile recorded from its server.
+
+    ``enable_chunked_prefill`` / ``long_prefill_token_threshold`` are vLLM's own prefill knobs
+    (``--enable-chunked-prefill``, ``--long-prefill-token-threshold``): without chunking a prompt
+    is prefilled in one step (``max_num_batched_tokens`` must then cover ``max_model_len``); the
+    threshold caps the tokens one request prefills per step (Sarathi-Serve's chunk size).
 
     ``warm_num_tokens``: step token counts the simulated server has already run, for a profile
     with a first-run cost per shape (``LinearModel.c6``, vLLM's CPU backend); by default the server
@@ -109,6 +116,7 @@ def simulate(
         allocator_args=allocator_args, block_size=block_size, num_blocks=num_gpu_blocks,
         max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
         max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
+        enable_chunked_prefill=enable_chunked_prefill, long_prefill_token_threshold=long_prefill_token_threshold,
     )  # fmt: skip
     make_req = engine_request_factory(block_size=block_size, max_model_len=max_model_len)
     latencies = request_latencies(step_model, len(trace), seed)

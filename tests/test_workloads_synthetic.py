@@ -90,3 +90,32 @@ def test_clip_keeps_materialized_prefix_consistent(tiny_model_dir):
     fresh = clip_lengths(synthetic(num_requests=2, prompt_len=1500, prefix_groups=1, prefix_blocks=3), 700)
     materialize(fresh, tiny_model_dir)
     assert fresh[0].prompt_token_ids == c[0].prompt_token_ids  # deterministic per hash id
+
+
+def test_noisy_hints_lower_the_rank_correlation_and_keep_the_requests():
+    from scipy.stats import kendalltau
+
+    kw = dict(num_requests=2000, rate=5.0, output_len="lognormal:300:1.0", output_len_hint=True, seed=3)
+    exact = synthetic(**kw)
+    taus = []
+    for sigma in (0.5, 1.0, 2.0):
+        noisy = synthetic(**kw, hint_noise=sigma)
+        assert [(r.arrival_s, r.prompt_len, r.output_len) for r in noisy] == [(r.arrival_s, r.prompt_len, r.output_len) for r in exact]
+        taus.append(kendalltau([r.output_len for r in noisy], [r.output_len_hint for r in noisy]).statistic)
+    # log-normal lengths (sigma_L = 1) times log-normal noise: tau = (2/pi) asin(1 / sqrt(1 + s^2)) (Greiner's relation)
+    expected = [2 / np.pi * np.arcsin(1 / np.sqrt(1 + s**2)) for s in (0.5, 1.0, 2.0)]
+    assert taus == pytest.approx(expected, abs=0.03)
+    with pytest.raises(ValueError, match="hint_noise"):
+        synthetic(**kw, hint_noise=-1)
+
+
+def test_clipping_does_not_leak_the_true_length_into_a_hint():
+    from workloads import clip_lengths
+
+    t = synthetic(num_requests=3, rate=1.0, prompt_len=10, seed=0)
+    for r, out, hint in zip(t, (50, 50, 500), (20, 80, 900)):
+        r.output_len, r.output_len_hint = out, hint
+    clipped = clip_lengths(t, 1000, max_output_len=300)
+    # a hint is clipped to the same bound as outputs (300), not to the request's own output (50)
+    assert [r.output_len_hint for r in clipped] == [20, 80, 300]
+    assert [r.output_len for r in clipped] == [50, 50, 300]

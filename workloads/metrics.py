@@ -41,6 +41,41 @@ def jain_index(values: Iterable[float]) -> float:
     return 1.0 if sq == 0 else float(a.sum() ** 2 / (a.size * sq))
 
 
+# Andes QoE (Liu et al., "Andes: Defining and Enhancing Quality-of-Experience in LLM-Based Text
+# Streaming Services", arXiv:2404.16283): the reader expects the first token after QOE_TTFT_S and
+# then QOE_TDS tokens per second. 5 tokens/s ~ an average silent reading speed of ~240 words/min
+# (Brysbaert, 2019) at ~0.75 words per token; our choice, see docs/reproductions.md.
+QOE_TTFT_S = 1.0
+QOE_TDS = 5.0
+
+
+def token_times(r: RequestRecord) -> np.ndarray:
+    """Arrival time of each output token at the client, in seconds after ``actual_send_s``."""
+    if r.ttft_s is None:
+        return np.empty(0)
+    return r.ttft_s + np.concatenate([[0.0], np.cumsum(r.itl_s)])
+
+
+def qoe(times_s: Sequence[float], *, expected_ttft_s: float = QOE_TTFT_S, expected_tds: float = QOE_TDS) -> float:
+    """Andes' QoE of one streamed response: area under the actual token-delivery curve, capped by
+    the expected one (tokens that come early are read no sooner), over the area under the
+    expected curve, both up to the moment the last token is both delivered and due.
+
+    Expected: token k (1-based) due at ``expected_ttft_s + (k-1) / expected_tds``. Both curves are
+    step functions of sorted times, so min(actual, expected)(t) counts the k with max(a_k, e_k) <= t
+    and each area is a sum over tokens. 1 = never behind the reader; 0 = nothing until the end.
+    """
+    a = np.asarray(times_s, dtype=float)
+    if a.size == 0:
+        return 0.0
+    e = expected_ttft_s + np.arange(a.size) / expected_tds
+    t_end = max(a[-1], e[-1])
+    expected_area = float(np.sum(t_end - e))
+    if expected_area <= 0:  # one token, due at t_end: delivered in time or not at all
+        return 1.0 if a[-1] <= e[-1] else 0.0
+    return float(np.sum(t_end - np.maximum(a, e))) / expected_area
+
+
 def meets_slo(r: RequestRecord, slo_ttft_ms: float | None, slo_tpot_ms: float | None) -> bool:
     """Completed, and within every SLO given (a one-token output has no TPOT and passes it)."""
     if not r.ok:
@@ -76,6 +111,9 @@ def _core(recs: Sequence[RequestRecord], duration_s: float, slo_ttft_ms, slo_tpo
     m.update(_stats("ttft_ms", [r.ttft_s * 1e3 for r in ok if r.ttft_s is not None]))
     m.update(_stats("tpot_ms", [r.tpot_s * 1e3 for r in ok if r.tpot_s is not None]))
     m.update(_stats("e2e_ms", [r.e2e_s * 1e3 for r in ok]))
+    # Normalized latency: E2E / output tokens, averaged over requests (vLLM, Kwon et al. SOSP'23 §6;
+    # the per-token latency of Fu et al. NeurIPS'24).
+    m["norm_latency_ms_mean"] = float(np.mean([r.e2e_s * 1e3 / r.output_tokens for r in ok if r.output_tokens])) if ok else NAN
     return m
 
 
@@ -112,6 +150,10 @@ def summarize(
         r.ok and (r.actual_send_s + r.e2e_s - r.scheduled_send_s) <= r.deadline_s for r in with_deadline
     ]
     m["deadline_met_fraction"] = sum(met) / len(met) if met else NAN
+    # A failed request delivered nothing in time: QoE 0.
+    q = np.asarray([qoe(token_times(r)) if r.ok else 0.0 for r in recs])
+    m["qoe_mean"] = float(q.mean()) if q.size else NAN
+    m["qoe_p10"] = float(np.percentile(q, 10)) if q.size else NAN
 
     tenants = sorted({r.tenant for r in recs})
     per_tenant = {t: _core([r for r in recs if r.tenant == t], duration_s, slo_ttft_ms, slo_tpot_ms) for t in tenants}

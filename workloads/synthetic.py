@@ -98,6 +98,7 @@ def synthetic(
     tenant_priority: Mapping[str, int] | None = None,
     deadline_s: float | Mapping[str, float] | None = None,
     output_len_hint: bool = False,
+    hint_noise: float = 0.0,
     prefix_groups: int = 0,
     prefix_blocks: int = 1,
     seed: int = 0,
@@ -106,7 +107,10 @@ def synthetic(
 
     ``tenants`` maps tenant name -> weight (share of requests); ``tenant_priority`` and a per-tenant
     ``deadline_s`` (or one float for all) set the scheduling metadata; ``output_len_hint`` gives
-    policies the true output length (oracle SJF). ``prefix_groups > 0`` assigns each request to one
+    policies the true output length (oracle SJF); ``hint_noise`` > 0 makes it a noisy predictor
+    instead: the true length times a seeded log-normal factor exp(N(0, hint_noise²)), so the
+    hints' rank correlation with the true lengths (Kendall's tau) falls as the noise grows.
+    ``prefix_groups > 0`` assigns each request to one
     of that many groups sharing ``prefix_blocks`` 512-token prefix blocks (system-prompt reuse).
     """
     if num_requests < 0:
@@ -125,6 +129,12 @@ def synthetic(
         if t not in tenants:
             raise ValueError(f"tenant_priority names unknown tenant {t!r}; tenants are {names}")
     groups = rng.integers(0, prefix_groups, size=num_requests) if prefix_groups > 0 else None
+    if hint_noise < 0:
+        raise ValueError(f"hint_noise must be >= 0, got {hint_noise}")
+    # Drawn after everything else, from its own stream, so the same seed gives the same requests
+    # with and without noise (only the hints differ).
+    noise = np.random.default_rng([seed, 1]).lognormal(0.0, hint_noise, size=num_requests)
+    hints = np.maximum(1, np.rint(olens * noise)).astype(np.int64)
     out = Trace(source=f"synthetic(seed={seed})")
     for i in range(num_requests):
         tenant = names[who[i]]
@@ -142,7 +152,7 @@ def synthetic(
                 tenant=tenant,
                 priority=int((tenant_priority or {}).get(tenant, 0)),
                 deadline_s=None if dl is None else float(dl),
-                output_len_hint=int(olens[i]) if output_len_hint else None,
+                output_len_hint=int(hints[i]) if output_len_hint else None,
                 prefix_hash_ids=prefix,
             )
         )

@@ -63,13 +63,16 @@ def clip_lengths(
     rows = []
     for r in requests:
         p = min(r.prompt_len, max_model_len - 1, max_prompt_len or max_model_len)
-        o = max(1, min(r.output_len, max_model_len - p, max_output_len or max_model_len))
+        bound = min(max_model_len - p, max_output_len or max_model_len)
+        o = max(1, min(r.output_len, bound))
         rows.append(
             replace(
                 r,
                 prompt_len=p,
                 output_len=o,
-                output_len_hint=None if r.output_len_hint is None else min(r.output_len_hint, o),
+                # The hint is clipped to the same bound, not to this request's own output: a noisy
+                # predictor's hint must not learn the true length from the clipping.
+                output_len_hint=None if r.output_len_hint is None else max(1, min(r.output_len_hint, bound)),
                 prefix_hash_ids=r.prefix_hash_ids[: math.ceil(p / MOONCAKE_BLOCK_TOKENS)],
                 prompt_token_ids=None if r.prompt_token_ids is None else r.prompt_token_ids[:p],
             )

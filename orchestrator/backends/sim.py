@@ -49,6 +49,8 @@ class SimBackend(Backend):
             num_gpu_blocks=m.num_gpu_blocks_override,
             block_size=m.block_size or 16,
             enable_prefix_caching=m.enable_prefix_caching is not False,
+            enable_chunked_prefill=m.get("enable_chunked_prefill") is not False,
+            long_prefill_token_threshold=m.get("long_prefill_token_threshold") or 0,
             max_model_len=m.max_model_len,
             seed=cfg.seed,
             scheduling_cost=bool(cfg.backend.get("scheduling_cost", False)),
