@@ -250,3 +250,15 @@ def andes(cells: Sequence[CellData], cfg: DictConfig, exp_dir: Path, console: Co
                 r["comparison"] = f"{r['comparison']} @ {rate} req/s"
             rows.append(r)
     return write_rows(rows, exp_dir, "Andes: average QoE vs FCFS under bursty load", console)
+
+
+# ---- 2. FastServe: skip-join MLFQ with proactive preemption vs FCFS and vs MLFQ without it ----
+
+def fastserve(cells: Sequence[CellData], cfg: DictConfig, exp_dir: Path, console: Console) -> list[Path]:
+    groups = by_seed(cells, lambda c: coord(c, "policy"))
+    metrics = [("e2e_ms_mean", False), ("e2e_ms_p99", False)]
+    paper = {"e2e_ms_mean": "up to 5.1x (average JCT)", "e2e_ms_p99": "up to 6.4x (tail JCT)"}
+    rows = _ratio_rows(groups, "fcfs", metrics, paper)
+    if "mlfq" in groups and "fastserve" in groups:
+        rows += _ratio_rows({k: groups[k] for k in ("mlfq", "fastserve")}, "mlfq", metrics)
+    return write_rows(rows, exp_dir, "FastServe: job completion time vs FCFS and vs MLFQ without proactive preemption", console)
