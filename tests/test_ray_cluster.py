@@ -52,7 +52,7 @@ class TwoNodeCluster:
                f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
                f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]  # fmt: skip
         if head:
-            cmd += ["--head", f"--port={self.port}", "--include-dashboard=false",
+            cmd += ["--head", f"--port={self.port}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
                     f"--ray-client-server-port={free_port()}"]  # fmt: skip
         else:
             cmd += [f"--address={self.address}"]
@@ -64,7 +64,9 @@ class TwoNodeCluster:
                                            start_new_session=True))  # fmt: skip
 
     def start(self) -> "TwoNodeCluster":
-        base = 30000 + (os.getpid() % 300) * 100  # worker port ranges of the two nodes must not overlap
+        # Worker port ranges: distinct per node, and below Linux's ephemeral range (32768+), where
+        # free_port() picks every other port of the two nodes.
+        base = 20000 + (os.getpid() % 50) * 200
         self._start("head", True, base)
         self._wait_nodes(1)
         self._start("worker", False, base + 100)
@@ -76,13 +78,23 @@ class TwoNodeCluster:
                 f"for _ in range(120):\n    alive = [x for x in ray.nodes() if x['Alive']]\n"
                 f"    if len(alive) >= {n}: break\n    time.sleep(0.5)\nprint(len(alive))")  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        for _ in range(60):  # the GCS may not listen yet right after `ray start`
+        out = None
+        for _ in range(10):  # the GCS may not listen yet right after `ray start`
+            dead = [p for p in self.procs if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"`ray start` exited with {dead[0].returncode}:\n{self._logs()}")
             out = subprocess.run([sys.executable, "-c", code], cwd=self.root, env=env, capture_output=True,
                                  text=True, timeout=180)  # fmt: skip
-            if out.returncode == 0 and out.stdout.strip().isdigit() and int(out.stdout.strip()) >= n:
-                return
-            time.sleep(1)
-        raise RuntimeError(f"Ray cluster did not reach {n} nodes: {out.stdout[-2000:]} {out.stderr[-2000:]}")
+            if out.returncode == 0:
+                if out.stdout.strip().isdigit() and int(out.stdout.strip()) >= n:
+                    return
+                break  # connected, but the nodes did not all join within a minute
+            time.sleep(2)
+        raise RuntimeError(f"Ray cluster did not reach {n} nodes: {out.stdout[-2000:]} {out.stderr[-2000:]}\n"
+                           f"{self._logs()}")
+
+    def _logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-2000:] for p in sorted(self.root.glob("*.log")))
 
     def processes(self) -> list[int]:
         return [p for p in pids_matching(str(self.root)) if p != os.getpid()]
