@@ -169,16 +169,13 @@ class PolicyScheduler(Scheduler):
             return
         seen: set[str] = set()
         for r in victims:
-            if not glue.is_running(self, r) or r.request_id in seen:
-                status = getattr(r, "status", None)
-                raise PolicyError(
-                    f"scheduling policy {self.schedlab_policy.describe()!r}: to_preempt() returned "
-                    f"{getattr(r, 'request_id', r)!r} (status {status}), which is not a running request"
-                    f"{' (named twice)' if r.request_id in seen else ''}; return requests from scheduler.running"
-                    if hasattr(r, "request_id") else
-                    f"scheduling policy {self.schedlab_policy.describe()!r}: to_preempt() returned {r!r}, not a vLLM Request"
-                )
-            seen.add(r.request_id)
+            rid = getattr(r, "request_id", None)
+            if rid is None or rid in seen or not glue.is_running(self, r):
+                what = ("not a vLLM Request" if rid is None else "named twice" if rid in seen
+                        else f"not a running request (status {r.status.name})")
+                raise PolicyError(f"scheduling policy {self.schedlab_policy.describe()!r}: to_preempt() returned "
+                                  f"{rid or r!r}, which is {what}; return requests from scheduler.running")
+            seen.add(rid)
         glue.preempt_running(self, victims)
         self._just_preempted = seen
 
