@@ -105,7 +105,7 @@ class BlockChooser:
         free = self.free
         free.victims, free.fronted = [], []
         ids = self.allocator.choose(free, alloc)
-        return self.check(ids, alloc)
+        return self.check(ids if type(ids) is list else list(ids or ()), alloc)
 
     def check(self, ids: Sequence[int], alloc: Allocation) -> list[KVCacheBlock]:
         """The chosen blocks, if ``ids`` are ``alloc.num_blocks`` distinct free blocks (and every eviction
