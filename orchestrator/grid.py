@@ -22,6 +22,9 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from orchestrator.checks import measured_config
+from orchestrator.config import ConfigError
+
 # Config keys that say how to run or record a cell, or how to judge and show it, not what it
 # measures: left out of the cell key, so that another tracking URI, validity bound or compared key
 # still finds the finished cell. Everything else (request and cell timeouts, warm-up, engine arguments,
@@ -63,7 +66,7 @@ def _format_value(v: Any) -> str:
 
 
 def flatten_grid(grid: Any, prefix: str = "") -> dict[str, list[Any]]:
-    """``{model: {max_num_seqs: [4, 8]}}`` or ``{"model.max_num_seqs": [4, 8]}`` -> dotted key -> values."""
+    """``{engine: {max_num_seqs: [4, 8]}}`` or ``{"engine.max_num_seqs": [4, 8]}`` -> dotted key -> values."""
     if isinstance(grid, (DictConfig, ListConfig)):
         grid = OmegaConf.to_container(grid, resolve=True)
     out: dict[str, list[Any]] = {}
@@ -79,7 +82,7 @@ def flatten_grid(grid: Any, prefix: str = "") -> dict[str, list[Any]]:
 
 
 def override_key(override: str) -> str:
-    """``+experiment=x`` -> ``experiment``; ``workload.rate=2`` -> ``workload.rate``."""
+    """``experiment=x`` -> ``experiment``; ``workload.rate=2`` -> ``workload.rate``."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
@@ -112,7 +115,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
 def is_identity(key: str) -> bool:
     """Whether a dotted config key can change a cell's measurements."""
     parts = key.lstrip("+~").split(".")
-    if parts[0] in _NOT_IDENTITY or parts[0] in ("experiment", "hydra"):
+    if parts[0] in _NOT_IDENTITY or parts[0] in ("experiment", "debug", "hydra"):
         return False
     return not (parts[0] == "backend" and parts[-1] in _BACKEND_NOT_IDENTITY)
 
@@ -184,7 +187,10 @@ def plan_cells(cfg: DictConfig, task_overrides: Sequence[str], config_name: str 
         choices = OmegaConf.to_container(ccfg.hydra.runtime.choices)
         with open_dict(ccfg):
             del ccfg["hydra"]
-        OmegaConf.resolve(ccfg)
+        try:
+            ccfg = measured_config(ccfg)  # resolved
+        except ValueError as e:
+            raise ConfigError(f"cell [{' '.join(overrides) or 'single'}]: {e}") from None
         dims = {override_key(o): o.split("=", 1)[1] for o in overrides}
         coords = _coords(overrides, task_overrides, choices, ccfg)
         cells.append(Cell(index=i, overrides=list(overrides), cfg=ccfg, key=cell_key(ccfg), dims=dims, coords=coords))

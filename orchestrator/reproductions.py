@@ -133,7 +133,7 @@ def hint_tau(cfg: DictConfig, hint_noise: float, seed: int) -> float:
     from orchestrator.workload import load_requests
 
     w = OmegaConf.merge(cfg.workload, {"args": {"hint_noise": hint_noise}})
-    reqs = load_requests(w, seed, None, cfg.model.max_model_len or 8192)
+    reqs = load_requests(w, seed, None, cfg.engine.max_model_len or 8192)
     return float(stats.kendalltau([r.output_len for r in reqs], [r.output_len_hint for r in reqs]).statistic)
 
 
@@ -155,10 +155,10 @@ def sjf_ranking(cells: Sequence[CellData], cfg: DictConfig, exp_dir: Path, conso
 # ---- 3. Sarathi-Serve, OSDI'24: chunked prefills, capacity under a P99 TBT SLO ----
 
 def engine_label(c: CellData) -> str:
-    if coord(c, "model.enable_chunked_prefill").lower() == "false":
+    if coord(c, "engine.enable_chunked_prefill").lower() == "false":
         return "no chunking"
-    label = f"chunked, budget {coord(c, 'model.max_num_batched_tokens', '?')}"
-    chunk = coord(c, "model.long_prefill_token_threshold")
+    label = f"chunked, budget {coord(c, 'engine.max_num_batched_tokens', '?')}"
+    chunk = coord(c, "engine.long_prefill_token_threshold")
     chunk = "" if chunk in ("None", "null") else chunk
     return f"{label}, chunk {chunk}" if chunk else label
 

@@ -19,38 +19,13 @@ from omegaconf import DictConfig
 
 import policies
 from serving.cell import CellFailed, CellProgress, CellResult, CellSpec
+from serving.engine import EngineConfig
 from serving.models import write_model_dir
 from serving.server import ServerStartError, VLLMServer, vllm_build, vllm_version
 from workloads.loadgen import replay, replay_with_server_metrics, warmup_copies
 from workloads.metrics import summarize
 from workloads.records import RequestRecord
 from workloads.server_metrics import server_summary
-
-
-def engine_args(model: DictConfig, seed: int) -> list[str]:
-    """``vllm serve`` engine flags of a ``conf/model`` entry (None = leave vLLM's default)."""
-    args: list[str] = ["--seed", str(seed)]
-    flags = {
-        "--max-num-seqs": model.max_num_seqs,
-        "--max-num-batched-tokens": model.max_num_batched_tokens,
-        "--max-model-len": model.max_model_len,
-        "--num-gpu-blocks-override": model.num_gpu_blocks_override,
-        "--block-size": model.block_size,
-        "--long-prefill-token-threshold": model.get("long_prefill_token_threshold"),
-        "--dtype": model.dtype,
-    }
-    if model.tensor_parallel_size > 1:
-        flags["--tensor-parallel-size"] = model.tensor_parallel_size
-    for flag, value in flags.items():
-        if value is not None:
-            args += [flag, str(value)]
-    if model.enable_prefix_caching is not None:
-        args.append("--enable-prefix-caching" if model.enable_prefix_caching else "--no-enable-prefix-caching")
-    if model.get("enable_chunked_prefill") is not None:
-        args.append("--enable-chunked-prefill" if model.enable_chunked_prefill else "--no-enable-chunked-prefill")
-    if model.enforce_eager:
-        args.append("--enforce-eager")
-    return args + [str(a) for a in model.extra_args]
 
 
 def server_args(cfg: DictConfig) -> list[str]:
@@ -61,7 +36,7 @@ def server_args(cfg: DictConfig) -> list[str]:
         allocator=cfg.allocator.name,
         allocator_args=dict(cfg.allocator.args),
         check_invariants=cfg.check_invariants,
-    ) + engine_args(cfg.model, cfg.seed)
+    ) + ["--seed", str(cfg.seed)] + EngineConfig.of(cfg.engine).vllm_args()
 
 
 # vLLM's log-record prefix, e.g. "(EngineCore pid=17019) ERROR 12-06 14:02:23 [core.py:1510] ".

@@ -7,7 +7,7 @@ same names as the real load generator's, so MLflow, plots and comparison tables 
 
     from simulator import simulate, load_step_model
     res = simulate(requests, model_dir=write_model_dir("llama3_8b"), policy="sjf",
-                   step_model=load_step_model("roofline:h100"))
+                   step_model=load_step_model("roofline:h100"), engine=EngineLimits(max_num_seqs=64))
     res.summary["ttft_ms_p50"], res.timeseries, res.num_preemptions
 """
 
@@ -31,11 +31,12 @@ from simulator.step_model import (
     request_latencies,
     step_noise,
 )
+from serving.engine import EngineLimits
 from workloads.records import RequestRecord
 from workloads.trace import Request as TraceRequest
 
 __all__ = [
-    "simulate", "SimResult", "load_step_model", "StepTimeModel", "RooflineModel", "LinearModel",
+    "simulate", "SimResult", "EngineLimits", "load_step_model", "StepTimeModel", "RooflineModel", "LinearModel",
     "Hardware", "HARDWARE", "BatchShape",
 ]  # fmt: skip
 
@@ -60,24 +61,19 @@ def simulate(
     allocator: str = "default",
     allocator_args: dict[str, Any] | None = None,
     step_model: StepTimeModel | str | dict,
-    max_num_seqs: int = 256,
-    max_num_batched_tokens: int = 8192,
-    num_gpu_blocks: int | None = None,
-    block_size: int = 16,
-    enable_prefix_caching: bool = True,
-    enable_chunked_prefill: bool = True,
-    long_prefill_token_threshold: int = 0,
-    max_model_len: int | None = None,
+    engine: EngineLimits | None = None,
     seed: int = 0,
     warm_num_tokens: Iterable[int] = (),
     on_progress: Callable[[int, int], None] | None = None,
     scheduling_cost: bool = False,
 ) -> SimResult:
-    """Replay ``requests`` through vLLM's real Scheduler with ``policy``/``allocator``.
+    """Replay ``requests`` through vLLM's real Scheduler with ``policy``/``allocator`` under the
+    ``engine`` limits (the same object that gives a real server its flags).
 
-    ``num_gpu_blocks=None`` derives the KV cache size like vLLM: from the roofline hardware's
+    ``engine.num_gpu_blocks=None`` derives the KV cache size like vLLM: from the roofline hardware's
     memory (memory × utilization − weights − activations) / bytes per block, or from the
-    ``num_gpu_blocks`` a calibrated linear profile recorded from its server.
+    ``num_gpu_blocks`` a calibrated linear profile recorded from its server;
+    ``engine.max_model_len=None`` is the model's ``max_position_embeddings``.
 
     ``enable_chunked_prefill`` / ``long_prefill_token_threshold`` are vLLM's own prefill knobs
     (``--enable-chunked-prefill``, ``--long-prefill-token-threshold``): without chunking a prompt
@@ -101,12 +97,16 @@ def simulate(
     from simulator.summary import summarize_sim
 
     start = time.perf_counter()
+    engine = engine or EngineLimits()
     model_cfg = load_model_config(model_dir)
     step_model = load_step_model(step_model)
     if isinstance(step_model, RooflineModel):
         step_model.bind_model(model_cfg)
+    block_size = engine.block_size
+    num_gpu_blocks = engine.num_gpu_blocks
     if num_gpu_blocks is None:
         num_gpu_blocks = _default_num_blocks(step_model, block_size)
+    max_model_len = engine.max_model_len
     if max_model_len is None:
         max_model_len = int(model_cfg.get("max_position_embeddings", 4096))
 
@@ -114,9 +114,10 @@ def simulate(
     sched = build_scheduler(
         model_dir, policy=policy, policy_args=policy_args, allocator=allocator,
         allocator_args=allocator_args, block_size=block_size, num_blocks=num_gpu_blocks,
-        max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-        max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
-        enable_chunked_prefill=enable_chunked_prefill, long_prefill_token_threshold=long_prefill_token_threshold,
+        max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens,
+        max_model_len=max_model_len, enable_prefix_caching=engine.enable_prefix_caching,
+        enable_chunked_prefill=engine.enable_chunked_prefill,
+        long_prefill_token_threshold=engine.long_prefill_token_threshold,
     )  # fmt: skip
     make_req = engine_request_factory(block_size=block_size, max_model_len=max_model_len)
     latencies = request_latencies(step_model, len(trace), seed)

@@ -90,9 +90,9 @@ def sim_kwargs(profile, run=None, step_log: str | Path | None = None) -> dict[st
     ``run``, also the step token counts that server had run before ``run`` started (it had
     built their kernels, so the sim must not charge their first run again)."""
     e = profile.meta["engine"]
-    kw = dict(block_size=e["block_size"], num_gpu_blocks=e["num_gpu_blocks"], max_num_seqs=e["max_num_seqs"],
-              max_num_batched_tokens=e["max_num_batched_tokens"], max_model_len=e["max_model_len"],
-              enable_prefix_caching=e["enable_prefix_caching"])  # fmt: skip
+    from serving.engine import EngineLimits
+
+    kw: dict[str, Any] = {"engine": EngineLimits(**{k: e[k] for k in EngineLimits.__dataclass_fields__})}
     if run is not None:
         from simulator.calibrate import num_tokens_run, read_step_log
 

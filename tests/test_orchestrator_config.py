@@ -3,6 +3,8 @@ validation, MLflow recording/resume lookup and the comparison table (real Hydra,
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +21,8 @@ from orchestrator.tracking import Tracker
 from workloads.metrics import summarize
 from workloads.records import RequestRecord
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+REPO = Path(__file__).resolve().parents[1]
+CONF = str(REPO / "conf")
 EXPERIMENTS = ["sjf_vs_fcfs", "allocator_sweep", "fairness_vtc", "priority_edf", "prefix_mooncake"]
 
 
@@ -41,9 +44,41 @@ def test_default_config_composes_with_all_groups(hydra_conf):
     assert cfg.backend.name == "vllm_local"
 
 
+def test_engine_limits_follow_the_model(hydra_conf):
+    # conf/engine/<model>.yaml: the tiny CPU model's limits, the GPU-sized ones for an 8B model.
+    tiny, big = compose("config"), compose("config", overrides=["model=llama3_8b"])
+    assert (tiny.engine.max_num_seqs, tiny.engine.block_size, tiny.engine.num_gpu_blocks) == (16, 32, 80)
+    assert (big.engine.max_num_seqs, big.engine.max_num_batched_tokens, big.engine.block_size) == (256, 8192, 16)
+    assert big.engine.num_gpu_blocks is None
+    assert compose("config", overrides=["model=llama3_8b", "engine=tiny"]).engine.max_num_seqs == 16
+
+
+@pytest.mark.parametrize("moved, new", [("model.max_num_seqs=4", "engine.max_num_seqs"),
+                                        ("model.num_gpu_blocks_override=9", "engine.num_gpu_blocks")])
+def test_a_moved_key_fails_naming_its_new_key(hydra_conf, moved, new):
+    with pytest.raises(ConfigError, match=rf"{moved.split('=')[0]} moved to {new}"):
+        plan([moved])
+
+
+def test_a_backend_node_has_only_its_own_fields(hydra_conf):
+    with pytest.raises(ConfigCompositionException) as e:
+        compose("config", overrides=["backend.step_model=linear:cpu_tiny"])  # vllm_local has no step model
+    assert "step_model" in str(e.value) + str(e.value.__cause__)
+    assert compose("config", overrides=["backend=sim", "backend.step_model=linear:cpu_tiny"]).backend.step_model
+
+
+@pytest.mark.parametrize("form", ["experiment=fairness_vtc", "+experiment=fairness_vtc"])
+def test_both_experiment_override_forms_select_the_experiment(form):
+    # experiment: null in the root defaults; `+experiment=` (the older spelling) is accepted too.
+    out = subprocess.run([sys.executable, "-m", "orchestrator", form, "--cfg", "job"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "experiment_name: fairness_vtc" in out.stdout
+
+
 @pytest.mark.parametrize(
     "override, key",
-    [("policy.nmae=sjf", "policy.nmae"), ("model.max_num_seqs=abc", "model.max_num_seqs"),
+    [("policy.nmae=sjf", "policy.nmae"), ("engine.max_num_seqs=abc", "engine.max_num_seqs"),
      ("workload.rate=fast", "workload.rate"), ("backend.startup_timeout=3", "backend.startup_timeout")],
 )  # fmt: skip
 def test_typo_or_wrong_type_fails_naming_the_key(hydra_conf, override, key):
@@ -66,7 +101,7 @@ def test_typo_inside_a_group_file_fails(hydra_conf, tmp_path):
 
 
 def test_sjf_vs_fcfs_grid_is_the_product(hydra_conf):
-    cfg, cells = plan(["+experiment=sjf_vs_fcfs"])
+    cfg, cells = plan(["experiment=sjf_vs_fcfs"])
     assert len(cells) == 8
     combos = {(c.cfg.policy.name, c.cfg.workload.loader, c.cfg.seed) for c in cells}
     assert combos == {(p, w, s) for p in ("fcfs", "sjf") for w in ("synthetic", "azure") for s in (0, 1)}
@@ -76,7 +111,7 @@ def test_sjf_vs_fcfs_grid_is_the_product(hydra_conf):
 
 
 def test_command_line_pins_a_grid_dimension_and_overrides_apply_to_every_cell(hydra_conf):
-    _, cells = plan(["+experiment=sjf_vs_fcfs", "policy=sjf", "workload.num_requests=7"])
+    _, cells = plan(["experiment=sjf_vs_fcfs", "policy=sjf", "workload.num_requests=7"])
     assert len(cells) == 4
     assert {c.cfg.policy.name for c in cells} == {"sjf"}
     assert {c.cfg.workload.num_requests for c in cells} == {7}
@@ -84,36 +119,36 @@ def test_command_line_pins_a_grid_dimension_and_overrides_apply_to_every_cell(hy
 
 
 def test_explicit_cells_override_grid_keys():
-    out = expand({"policy": ["fcfs", "sjf"], "seed": [0, 1]}, [{"policy": "vtc", "model": {"max_num_seqs": -1}}, {}])
-    assert out[:2] == [["policy=vtc", "model.max_num_seqs=-1", "seed=0"], ["policy=vtc", "model.max_num_seqs=-1", "seed=1"]]
+    out = expand({"policy": ["fcfs", "sjf"], "seed": [0, 1]}, [{"policy": "vtc", "engine": {"max_num_seqs": -1}}, {}])
+    assert out[:2] == [["policy=vtc", "engine.max_num_seqs=-1", "seed=0"], ["policy=vtc", "engine.max_num_seqs=-1", "seed=1"]]
     assert len(out) == 2 + 4
 
 
 def test_cell_key_is_stable_and_ignores_how_it_is_run(hydra_conf):
-    _, a = plan(["+experiment=sjf_vs_fcfs", "grid.seed=[0]"])
-    _, b = plan(["+experiment=sjf_vs_fcfs", "grid.seed=[0]", "backend.startup_timeout_s=9", "force=true",
+    _, a = plan(["experiment=sjf_vs_fcfs", "grid.seed=[0]"])
+    _, b = plan(["experiment=sjf_vs_fcfs", "grid.seed=[0]", "backend.startup_timeout_s=9", "force=true",
                  "results_dir=/elsewhere"])  # fmt: skip
-    _, c = plan(["+experiment=sjf_vs_fcfs", "grid.seed=[0]", "workload.num_requests=5"])
+    _, c = plan(["experiment=sjf_vs_fcfs", "grid.seed=[0]", "workload.num_requests=5"])
     assert [x.key for x in a] == [x.key for x in b]
     assert not {x.key for x in a} & {x.key for x in c}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_shipped_experiment_plans_and_validates(hydra_conf, tmp_path, experiment):
-    _, cells = plan([f"+experiment={experiment}"])
+    _, cells = plan([f"experiment={experiment}"])
     specs = prepare(cells, tmp_path)
     assert len(specs) == len(cells) >= 2
     for s in specs:
         assert s.requests and all(len(r.prompt_token_ids) == r.prompt_len for r in s.requests)
-        assert all(r.prompt_len + r.output_len <= s.cfg["model"]["max_model_len"] for r in s.requests)
+        assert all(r.prompt_len + r.output_len <= s.cfg["engine"]["max_model_len"] for r in s.requests)
 
 
 def test_unknown_policy_fails_before_any_server(hydra_conf, tmp_path):
     # No conf/policy file of that name: Hydra lists the known ones.
     with pytest.raises(Exception, match="shortest_first"):
-        plan(["+experiment=sjf_vs_fcfs", "grid.policy=[fcfs,shortest_first]"])
+        plan(["experiment=sjf_vs_fcfs", "grid.policy=[fcfs,shortest_first]"])
     # A name (or dotted class path) the policies registry cannot resolve.
-    _, cells = plan(["+experiment=sjf_vs_fcfs", "policy.name=shortest_first"])
+    _, cells = plan(["experiment=sjf_vs_fcfs", "policy.name=shortest_first"])
     with pytest.raises(ConfigError, match="shortest_first"):
         prepare(cells, tmp_path)
     _, cells = plan(["allocator.name=mypkg.nope.Allocator"])
@@ -150,7 +185,7 @@ def _records(n: int, ttft: float, tenant: str = "default") -> list[RequestRecord
 
 
 def test_mlflow_tracking_and_resume_lookup(hydra_conf, tmp_path):
-    cfg, cells = plan(["+experiment=sjf_vs_fcfs", "grid.workload=[synthetic_poisson]", "grid.seed=[0]",
+    cfg, cells = plan(["experiment=sjf_vs_fcfs", "grid.workload=[synthetic_poisson]", "grid.seed=[0]",
                        f"results_dir={tmp_path}"])  # fmt: skip
     tracker = Tracker(cfg)
     parent = tracker.start_parent(cfg, len(cells))
@@ -173,7 +208,7 @@ def test_mlflow_tracking_and_resume_lookup(hydra_conf, tmp_path):
     run = client.get_run(run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.params["policy"] == "fcfs" and run.data.params["vllm_version"] == "0.32.0"
-    assert run.data.params["cfg.model.max_num_seqs"] == str(cfg.model.max_num_seqs)
+    assert run.data.params["cfg.engine.max_num_seqs"] == str(cfg.engine.max_num_seqs)
     assert run.data.metrics["num_completed"] == 20
     history = client.get_metric_history(run_id, "timeseries/num_waiting")
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == [0, 4, 1]
@@ -183,6 +218,6 @@ def test_mlflow_tracking_and_resume_lookup(hydra_conf, tmp_path):
 
 
 def test_resolved_config_has_no_interpolations_left(hydra_conf):
-    cfg, cells = plan(["+experiment=fairness_vtc"])
+    cfg, cells = plan(["experiment=fairness_vtc"])
     assert OmegaConf.is_missing(cells[0].cfg, "experiment_name") is False
     assert cells[0].cfg.policy.name in ("fcfs", "vtc")

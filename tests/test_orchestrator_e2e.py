@@ -1,4 +1,4 @@
-"""``python -m orchestrator +experiment=sjf_vs_fcfs``, shrunk by overrides, on real CPU vLLM servers.
+"""``python -m orchestrator experiment=sjf_vs_fcfs``, shrunk by overrides, on real CPU vLLM servers.
 
 One run (3 server starts: fcfs, sjf, and a cell whose engine args make vLLM fail at start-up) is
 checked through ``mlflow.MlflowClient``; re-running it resumes (no server starts); a SIGINT while a
@@ -25,15 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Client stalls of this shared machine would make a 10-request cell invalid (and re-run on resume)
 # now and then: the resume checks here are about the orchestrator, the stall bound has its own tests.
-SHRINK = ["grid.workload=[synthetic_poisson]", "grid.seed=[0]", "workload.num_requests=10", "workload.rate=20",
-          "workload.max_output_len=32", "backend.warmup_requests=1", "progress=false",
-          "validity.max_client_stalled_fraction=1"]  # fmt: skip
-CRASH_CELLS = "cells=[{policy:fcfs},{policy:sjf},{policy:sjf,model:{max_num_seqs:-1}}]"
+SHRINK = ["debug=smoke", "grid.workload=[synthetic_poisson]", "workload.rate=20", "workload.max_output_len=32",
+          "backend.warmup_requests=1", "validity.max_client_stalled_fraction=1"]  # fmt: skip
+CRASH_CELLS = "cells=[{policy:fcfs},{policy:sjf},{policy:sjf,engine:{max_num_seqs:-1}}]"
 GOOD_CELLS = "cells=[{policy:fcfs},{policy:sjf}]"
 
 
 def orchestrate(results: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "orchestrator", "+experiment=sjf_vs_fcfs", f"results_dir={results}", *SHRINK,
+    cmd = [sys.executable, "-m", "orchestrator", "experiment=sjf_vs_fcfs", f"results_dir={results}", *SHRINK,
            *overrides]  # fmt: skip
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
@@ -67,7 +66,7 @@ def test_grid_records_finished_and_failed_cells(grid_run):
     assert len(by_status.get("FINISHED", [])) == 2 and len(by_status.get("FAILED", [])) == 1
 
     failed = by_status["FAILED"][0]
-    assert failed.data.params["cfg.model.max_num_seqs"] == "-1"
+    assert failed.data.params["cfg.engine.max_num_seqs"] == "-1"
     first = failed.data.tags["schedlab.error"].splitlines()[0]
     # The root cause (vLLM's pydantic check of max_num_seqs=-1), not the ulimit WARNING of every CPU log.
     assert "failed to start: pydantic_core._pydantic_core.ValidationError" in first and "max_num_seqs" in first
@@ -134,7 +133,7 @@ def test_stop_signal_stops_all_servers_and_marks_runs_killed(tmp_path, sig, when
     """Ctrl-C, ``timeout``/CI cancel/Slurm (SIGTERM) and a closed SSH session (SIGHUP) alike: no process
     of the server is left, the cell and parent runs are KILLED, the exit code is 128 + the signal."""
     results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "orchestrator", "+experiment=sjf_vs_fcfs", f"results_dir={results}", *SHRINK,
+    cmd = [sys.executable, "-m", "orchestrator", "experiment=sjf_vs_fcfs", f"results_dir={results}", *SHRINK,
            "grid.policy=[fcfs]", "workload.num_requests=400", "workload.rate=4", "experiment_name=sig"]  # fmt: skip
 
     def default_dispositions():  # a background shell or nohup starting pytest ignores SIGINT/SIGHUP

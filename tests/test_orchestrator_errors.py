@@ -54,18 +54,18 @@ def test_header_only_trace_names_the_file(tmp_path):
 
 def test_kv_cache_smaller_than_one_request_names_both_values(tmp_path):
     # 8 blocks x 32 tokens, one of them vLLM's null block: 224 token slots for a 256-token request.
-    msg = config_error(tmp_path, "model.num_gpu_blocks_override=8", "model.block_size=32", "model.max_model_len=256")
-    assert "num_gpu_blocks_override=8" in msg and "max_model_len=256" in msg and ">= 9" in msg
+    msg = config_error(tmp_path, "engine.num_gpu_blocks=8", "engine.block_size=32", "engine.max_model_len=256")
+    assert "num_gpu_blocks=8" in msg and "max_model_len=256" in msg and ">= 9" in msg
     # 9 blocks hold 256 tokens: valid (the grid runs on the simulator).
-    res = run([f"results_dir={tmp_path}", *SIM, "model.num_gpu_blocks_override=9", "model.block_size=32",
-               "model.max_model_len=256", "workload.num_requests=4", "workload.max_output_len=8"])  # fmt: skip
+    res = run([f"results_dir={tmp_path}", *SIM, "engine.num_gpu_blocks=9", "engine.block_size=32",
+               "engine.max_model_len=256", "workload.num_requests=4", "workload.max_output_len=8"])  # fmt: skip
     assert res.finished == 1
 
 
 @pytest.mark.parametrize("arg", ["--port=8001", "--host", "--port"])
 def test_extra_args_may_not_set_host_or_port(tmp_path, arg):
-    msg = config_error(tmp_path, f"model.extra_args=['{arg}','9000']")
-    assert "model.extra_args" in msg and arg in msg
+    msg = config_error(tmp_path, f"engine.extra_args=['{arg}','9000']")
+    assert "engine.extra_args" in msg and arg in msg
 
 
 @pytest.mark.parametrize("override", ["+workload.num_requestz=20", "+model.max_num_seq=4", "+backend.startup_timeout=5"])
@@ -96,7 +96,7 @@ def test_exit_code_2_for_composition_and_validation_errors(tmp_path):
 
 
 def _sim_grid(results: Path, *extra: str):
-    return run(["+experiment=sjf_vs_fcfs", f"results_dir={results}", *SIM, "grid.workload=[synthetic_poisson]",
+    return run(["experiment=sjf_vs_fcfs", f"results_dir={results}", *SIM, "grid.workload=[synthetic_poisson]",
                 "grid.seed=[0]", "workload.num_requests=8", *extra])  # fmt: skip
 
 

@@ -29,8 +29,8 @@ def cell_runs(results: Path):
 
 
 def test_sim_grid_resume_and_force(tmp_path):
-    ov = ["+experiment=sjf_vs_fcfs", "backend=sim", "backend.step_model=linear:cpu_tiny", f"results_dir={tmp_path}",
-          "grid.workload=[synthetic_poisson]", "grid.seed=[0]", "workload.num_requests=60", "progress=false"]  # fmt: skip
+    ov = ["experiment=sjf_vs_fcfs", "backend=sim", "backend.step_model=linear:cpu_tiny", f"results_dir={tmp_path}",
+          "debug=smoke", "grid.workload=[synthetic_poisson]", "workload.num_requests=60"]  # fmt: skip
     first = run(ov)
     assert (first.finished, first.failed, first.skipped) == (2, 0, 0)
     runs = cell_runs(tmp_path)
@@ -60,7 +60,7 @@ def shared_results(tmp_path_factory):
 
 @pytest.mark.parametrize("experiment", ["fairness_vtc", "priority_edf", "allocator_sweep", "prefix_mooncake"])
 def test_shipped_experiments_run_on_the_simulator(shared_results, experiment):
-    res = run([f"+experiment={experiment}", "backend=sim", "backend.step_model=linear:cpu_tiny",
-               f"results_dir={shared_results}", "grid.seed=[0]", "workload.num_requests=40", "progress=false"])  # fmt: skip
+    res = run([f"experiment={experiment}", "backend=sim", "backend.step_model=linear:cpu_tiny",
+               f"results_dir={shared_results}", "debug=smoke", "workload.num_requests=40"])  # fmt: skip
     assert res.failed == 0 and res.finished >= 2
     assert (res.results_dir / "comparison.png").exists()

@@ -16,10 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_ray_backend_runs_two_cells_in_parallel(tmp_path):
     cmd = [
-        sys.executable, "-m", "orchestrator", "+experiment=sjf_vs_fcfs", "backend=vllm_ray",
+        sys.executable, "-m", "orchestrator", "experiment=sjf_vs_fcfs", "backend=vllm_ray",
         "backend.ray_num_cpus=2", "backend.num_cpus_per_cell=1", f"results_dir={tmp_path}",
-        "grid.workload=[synthetic_poisson]", "grid.seed=[0]", "workload.num_requests=8", "workload.rate=20",
-        "workload.max_output_len=32", "backend.warmup_requests=1", "progress=false",
+        "debug=smoke", "grid.workload=[synthetic_poisson]", "workload.num_requests=8", "workload.rate=20",
+        "workload.max_output_len=32", "backend.warmup_requests=1",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

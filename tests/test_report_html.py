@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     results = tmp_path_factory.mktemp("report_results")
-    base = ["+experiment=sjf_vs_fcfs", "backend=sim", "grid.workload=[synthetic_poisson]", "grid.seed=[0,1]",
+    base = ["experiment=sjf_vs_fcfs", "backend=sim", "grid.workload=[synthetic_poisson]", "grid.seed=[0,1]",
             "workload.num_requests=40", "progress=false", f"results_dir={results}"]  # fmt: skip
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         run_experiment(compose("config", overrides=base), base)

@@ -30,7 +30,7 @@ def run(name: str, results: Path, overrides: list[str]) -> Path:
 
 def test_sjf_on_exact_and_noisy_hints_beats_fcfs(results):
     # 8 batch slots and 80 requests at 50 req/s: a queue forms, whose order SJF changes.
-    out = run("repro_sjf_ranking", results, ["workload.num_requests=80", "model.max_num_seqs=8", "grid.seed=[0,1]"])
+    out = run("repro_sjf_ranking", results, ["workload.num_requests=80", "engine.max_num_seqs=8", "grid.seed=[0,1]"])
     rows = pd.read_csv(out / "reproduction.csv")
     norm = rows[rows.metric == "norm_latency_ms_mean"]
     assert len(norm) == 2  # exact hint (tau 1) and noisy hint

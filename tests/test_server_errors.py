@@ -71,7 +71,7 @@ def test_server_dying_mid_replay_is_reported_with_the_records_so_far(tmp_path):
 
     overrides = [
         f"results_dir={tmp_path}", "experiment_name=crash", "progress=false", "policy.name=tests.crash_policy.CrashAfter",
-        "+policy.args.after_finished=4", "model.max_num_seqs=2", "workload.num_requests=20", "workload.rate=20",
+        "+policy.args.after_finished=4", "engine.max_num_seqs=2", "workload.num_requests=20", "workload.rate=20",
         "workload.max_output_len=32", "backend.warmup_requests=1", "backend.warmup_replay=false",
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

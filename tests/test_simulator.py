@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from serving.models import write_model_dir
-from simulator import LinearModel, RooflineModel, load_step_model, simulate
+from simulator import EngineLimits, LinearModel, RooflineModel, load_step_model, simulate
 from simulator.step_model import HARDWARE, BatchShape
 from workloads.synthetic import synthetic
 from workloads.trace import Request
@@ -28,7 +28,7 @@ LINEAR = LinearModel(c0=2e-3, c1=20e-6, c2=100e-6, c3=0.0, num_gpu_blocks=256)
 
 def test_every_request_gets_its_output_tokens_and_times_add_up(tiny):
     trace = list(synthetic(40, 50.0, prompt_len="uniform:20:300", output_len="uniform:1:40", seed=3))
-    res = simulate(trace, model_dir=tiny, step_model=LINEAR, max_num_seqs=8)
+    res = simulate(trace, model_dir=tiny, step_model=LINEAR, engine=EngineLimits(max_num_seqs=8))
     assert [r.request_id for r in res.records] == [r.request_id for r in trace]
     for rec, tr in zip(res.records, trace):
         assert rec.ok and rec.output_tokens == tr.output_len == rec.requested_output_tokens
@@ -51,7 +51,7 @@ def test_decode_steps_follow_the_step_model(tiny):
 
 def test_kv_pressure_causes_real_preemptions(tiny):
     trace = [Request(f"r{i}", 0.0, 200, 200) for i in range(12)]
-    res = simulate(trace, model_dir=tiny, step_model=LINEAR, num_gpu_blocks=64, max_num_seqs=16)
+    res = simulate(trace, model_dir=tiny, step_model=LINEAR, engine=EngineLimits(max_num_seqs=16, num_gpu_blocks=64))
     assert res.num_preemptions > 0
     assert res.summary["server_num_preemptions"] == res.num_preemptions
     assert all(r.ok and r.output_tokens == 200 for r in res.records)
@@ -68,7 +68,7 @@ def test_prefix_caching_uses_real_block_hashes(tiny):
 
 def test_same_seed_same_metrics(tiny):
     trace = list(synthetic(60, 40.0, prompt_len="uniform:16:400", output_len="uniform:4:64", seed=7))
-    runs = [simulate(trace, model_dir=tiny, step_model="linear:cpu_tiny", policy="sjf", num_gpu_blocks=48, seed=5)
+    runs = [simulate(trace, model_dir=tiny, step_model="linear:cpu_tiny", engine=EngineLimits(num_gpu_blocks=48), policy="sjf", seed=5)
             for _ in range(2)]  # fmt: skip
     a, b = (r.summary for r in runs)
     assert a.keys() == b.keys()
@@ -82,7 +82,7 @@ def test_sjf_lowers_short_request_ttft_under_load(tiny):
     short = {r.request_id for r in trace if r.prompt_len < 200}
     ttft = {}
     for policy in ("fcfs", "sjf"):
-        res = simulate(trace, model_dir=tiny, policy=policy, step_model=LINEAR, max_num_seqs=8, num_gpu_blocks=128)
+        res = simulate(trace, model_dir=tiny, policy=policy, step_model=LINEAR, engine=EngineLimits(max_num_seqs=8, num_gpu_blocks=128))
         ttft[policy] = sum(r.ttft_s for r in res.records if r.request_id in short) / len(short)
     assert ttft["sjf"] < 0.7 * ttft["fcfs"]
 
@@ -224,8 +224,8 @@ def test_step_noise_widens_the_ttft_tail_under_load(tiny):
     q = np.quantile(np.random.default_rng(0).lognormal(0, 0.5, 5000), NOISE_PROBS)
     q /= (np.diff(NOISE_PROBS) * (q[:-1] + q[1:]) / 2).sum() * np.exp(0.2**2 / 2)  # mean 1 with the drift
     noisy = dataclasses.replace(base, noise_quantiles=list(q), noise_phi=0.95, noise_drift_sd=0.2)
-    plain = simulate(trace, model_dir=tiny, step_model=base, max_num_seqs=16)
-    runs = [simulate(trace, model_dir=tiny, step_model=noisy, max_num_seqs=16, seed=s) for s in range(3)]
+    plain = simulate(trace, model_dir=tiny, step_model=base, engine=EngineLimits(max_num_seqs=16))
+    runs = [simulate(trace, model_dir=tiny, step_model=noisy, engine=EngineLimits(max_num_seqs=16), seed=s) for s in range(3)]
     assert all(r.summary["ttft_ms_p90"] > 1.2 * plain.summary["ttft_ms_p90"] for r in runs)
     # Same work at about the same mean speed: the runs take about as long.
     assert all(r.sim_duration_s == pytest.approx(plain.sim_duration_s, rel=0.1) for r in runs)

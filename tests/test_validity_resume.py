@@ -22,7 +22,7 @@ from orchestrator.grid import plan_cells, plugin_source_hash
 from orchestrator.validity import invalid_reasons
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-BASE = ["+experiment=sjf_vs_fcfs", "backend=sim", "grid.workload=[synthetic_poisson]", "grid.seed=[0]",
+BASE = ["experiment=sjf_vs_fcfs", "backend=sim", "grid.workload=[synthetic_poisson]", "grid.seed=[0]",
         "workload.num_requests=30", "progress=false"]  # fmt: skip
 BOUNDS = OmegaConf.structured(orchestrator.config.ValidityConfig)
 
@@ -89,7 +89,7 @@ def test_invalid_cells_leave_the_table_rerun_on_resume_and_invalid_ok_keeps_them
 # --- item 3: the cell key and all-cells outputs ----------------------------------------------
 @pytest.mark.parametrize("override", [
     "backend.request_timeout_s=0.05", "backend.cell_timeout_s=60", "backend.warmup_replay=false",
-    "backend.warmup_requests=5", "model.max_num_batched_tokens=512", "model.extra_args=[--swap-space,1]",
+    "backend.warmup_requests=5", "engine.max_num_batched_tokens=512", "engine.extra_args=[--swap-space,1]",
     "backend.step_model=roofline:a100",
 ])  # fmt: skip
 def test_cell_key_covers_settings_that_change_results(override):

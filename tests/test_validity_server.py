@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_timed_out_requests_make_a_finished_cell_invalid(tmp_path):
-    cmd = [sys.executable, "-m", "orchestrator", "+experiment=sjf_vs_fcfs", f"results_dir={tmp_path}",
+    cmd = [sys.executable, "-m", "orchestrator", "experiment=sjf_vs_fcfs", f"results_dir={tmp_path}",
            "grid.policy=[fcfs]", "grid.workload=[synthetic_poisson]", "grid.seed=[0]", "workload.num_requests=10",
            "workload.rate=20", "workload.max_output_len=32", "backend.warmup_requests=0", "progress=false",
            "validity.max_client_stalled_fraction=1", "validity.max_send_lag_ms_p99=1e9",

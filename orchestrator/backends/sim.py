@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from orchestrator.backends.base import Backend
 from serving.cell import CellProgress, CellResult, CellSpec
+from serving.engine import EngineConfig
 from serving.models import write_model_dir
 
 
@@ -31,9 +32,8 @@ class SimBackend(Backend):
 
         t0 = time.monotonic()
         cfg = spec.config()
-        m = cfg.model
-        model_dir = write_model_dir(m.preset, self.model_root, dict(m.get("arch_overrides") or {}) or None)
-        step_model = load_step_model(cfg.backend.get("step_model", "roofline:h100"))
+        model_dir = write_model_dir(cfg.model.preset, self.model_root, dict(cfg.model.arch_overrides) or None)
+        step_model = load_step_model(cfg.backend.step_model)
         progress.phase(f"simulating ({step_model.name})")
         total = len(spec.requests)
         res = simulate(
@@ -44,14 +44,7 @@ class SimBackend(Backend):
             allocator=cfg.allocator.name,
             allocator_args=dict(cfg.allocator.args),
             step_model=step_model,
-            max_num_seqs=m.max_num_seqs or 256,
-            max_num_batched_tokens=m.max_num_batched_tokens or 8192,
-            num_gpu_blocks=m.num_gpu_blocks_override,
-            block_size=m.block_size or 16,
-            enable_prefix_caching=m.enable_prefix_caching is not False,
-            enable_chunked_prefill=m.get("enable_chunked_prefill") is not False,
-            long_prefill_token_threshold=m.get("long_prefill_token_threshold") or 0,
-            max_model_len=m.max_model_len,
+            engine=EngineConfig.of(cfg.engine).limits(),
             seed=cfg.seed,
             scheduling_cost=bool(cfg.backend.get("scheduling_cost", False)),
             on_progress=lambda done, n: progress.requests(done, total, 0),

@@ -151,7 +151,7 @@ class VLLMRayBackend(Backend):
 
         def submit(spec: CellSpec) -> None:
             cfg = spec.config()
-            num_gpus = cfg.model.tensor_parallel_size if has_gpus else 0
+            num_gpus = cfg.engine.tensor_parallel_size if has_gpus else 0
             actor = CellActor.options(num_cpus=be.num_cpus_per_cell, num_gpus=num_gpus).remote()
             sinks[spec.key] = started(spec)
             sinks[spec.key].phase("starting Ray actor")
@@ -160,7 +160,7 @@ class VLLMRayBackend(Backend):
 
         if pending:
             cfg0 = pending[0].config()
-            cap = self._capacity(be.num_cpus_per_cell, cfg0.model.tensor_parallel_size if has_gpus else 0)
+            cap = self._capacity(be.num_cpus_per_cell, cfg0.engine.tensor_parallel_size if has_gpus else 0)
             window = min(window, cap)
         while pending or refs:
             while pending and len(refs) < window:
