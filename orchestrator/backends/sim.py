@@ -46,7 +46,7 @@ class SimBackend(Backend):
             step_model=step_model,
             engine=EngineConfig.of(cfg.engine).limits(),
             seed=cfg.seed,
-            scheduling_cost=bool(cfg.backend.get("scheduling_cost", False)),
+            scheduling_cost=cfg.backend.scheduling_cost,
             on_progress=lambda done, n: progress.requests(done, total, 0),
         )
         # Client metrics with the cell's SLOs (as vllm_local does), server_* from the simulation.
