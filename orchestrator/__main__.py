@@ -27,7 +27,7 @@ def main(cfg: DictConfig) -> int:
     from orchestrator.signals import exit_code, signal_name
 
     try:
-        result = run_experiment(cfg, list(HydraConfig.get().overrides.task))
+        result = run_experiment(cfg, cell_overrides(HydraConfig.get().overrides))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
@@ -37,6 +37,13 @@ def main(cfg: DictConfig) -> int:
     if result.failed:
         sys.exit(EXIT_CELL_FAILED)
     return 0
+
+
+def cell_overrides(overrides: DictConfig) -> list[str]:
+    """The command line's overrides every cell is composed with: the task's, and the researcher's
+    config directories (``hydra.searchpath=[file:///my/conf]``), which Hydra keeps among its own
+    overrides; ``--config-dir`` is already on the search path of every composition."""
+    return [*overrides.task, *(o for o in overrides.hydra if o.startswith("hydra.searchpath"))]
 
 
 def _experiment_override(argv: list[str]) -> list[str]:

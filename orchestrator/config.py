@@ -166,9 +166,10 @@ class SchedlabConfig:
     # table; its files go to the parent run (e.g. orchestrator.reproductions.sarathi).
     analysis: Optional[str] = None
     # Grid: key -> list of values, each a Hydra override (`policy: [fcfs, sjf]` -> policy=fcfs,
-    # policy=sjf); the cartesian product of all keys, times every entry of `cells`.
+    # policy=sjf); the cartesian product of all keys.
     grid: Dict[str, Any] = field(default_factory=dict)
-    # Explicit cells: list of {override key: value} dicts, for combinations a product cannot express.
+    # Extra cells, added to the grid's: {override key: value} dicts, each combined with the grid keys it
+    # does not set (for combinations a product cannot express).
     cells: List[Dict[str, Any]] = field(default_factory=list)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     allocator: AllocatorConfig = field(default_factory=AllocatorConfig)

@@ -152,13 +152,13 @@ def test_the_simulator_tells_the_allocator_the_request(model_dir):
     tenant (from the trace) and starts at block index 0."""
     import dataclasses
 
-    from simulator import LinearModel, simulate
+    from simulator import EngineLimits, LinearModel, simulate
     from workloads.synthetic import synthetic
 
     trace = [dataclasses.replace(r, tenant="AB"[i % 2])
              for i, r in enumerate(synthetic(12, 50.0, prompt_len="uniform:20:100", output_len="uniform:1:20", seed=1))]
     Recording.seen = []
-    simulate(trace, model_dir=model_dir, allocator=f"{__name__}.Recording", max_num_seqs=4,
+    simulate(trace, model_dir=model_dir, allocator=f"{__name__}.Recording", engine=EngineLimits(max_num_seqs=4),
              step_model=LinearModel(c0=2e-3, c1=20e-6, c2=100e-6, c3=0.0, num_gpu_blocks=128))
     first = {}
     for rid, tenant, _, index, prefill, has_request in Recording.seen:

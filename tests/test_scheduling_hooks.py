@@ -62,12 +62,13 @@ def test_now_is_the_schedulers_clock_and_waited_counts_from_arrival(model_dir):
 
 
 def test_simulator_clock_is_virtual(model_dir):
-    from simulator import LinearModel, simulate
+    from simulator import EngineLimits, LinearModel, simulate
     from workloads.trace import Request
     Clocked.seen = []
     step_model = LinearModel(c0=1e-3, c1=0.0, c2=0.0, c3=0.0, num_gpu_blocks=64)
     trace = [Request("a", 0.0, 16, 3), Request("b", 0.0005, 16, 2)]
-    simulate(trace, model_dir=model_dir, policy=f"{__name__}.Clocked", step_model=step_model, max_num_seqs=1)
+    simulate(trace, model_dir=model_dir, policy=f"{__name__}.Clocked", step_model=step_model,
+             engine=EngineLimits(max_num_seqs=1))
     # 1 ms per step; b arrives at 0.5 ms and is seen from the second step on (t = 1 ms), waiting
     # until a's 3 tokens are done (steps at 0, 1, 2 ms), then admitted at 3 ms.
     nows = [t for t, _ in Clocked.seen]
@@ -148,11 +149,11 @@ def test_mlfq_without_proactive_preemption_lets_the_arrival_wait(model_dir):
 def test_fastserve_same_in_simulator(model_dir):
     """The same scenario on the simulator's virtual clock: 1 ms per step, r2 arrives at 4.5 ms,
     is added before step 6 (t = 5 ms) and gets its first token at the end of step 6 (6 ms)."""
-    from simulator import LinearModel, simulate
+    from simulator import EngineLimits, LinearModel, simulate
     from workloads.trace import Request
     step_model = LinearModel(c0=1e-3, c1=0.0, c2=0.0, c3=0.0, num_gpu_blocks=64)
     trace = [Request("r0", 0.0, 16, 40), Request("r1", 0.0, 16, 40), Request("r2", 4.5e-3, 16, 40)]
-    kw = dict(model_dir=model_dir, policy_args=FASTSERVE_ARGS, step_model=step_model, max_num_seqs=2)
+    kw = dict(model_dir=model_dir, policy_args=FASTSERVE_ARGS, step_model=step_model, engine=EngineLimits(max_num_seqs=2))
     res = simulate(trace, policy="fastserve", **kw)
     ttft = {r.request_id: r.ttft_s for r in res.records}
     assert ttft["r2"] == pytest.approx(1.5e-3)

@@ -93,13 +93,16 @@ def test_invalid_cells_leave_the_table_rerun_on_resume_and_invalid_ok_keeps_them
     "backend.step_model=roofline:a100",
 ])  # fmt: skip
 def test_cell_key_covers_settings_that_change_results(override):
-    assert set(keys(BASE)).isdisjoint(keys([*BASE, override]))
+    base = BASE if "step_model" in override else [*BASE, "backend=vllm_local"]  # each backend's own keys
+    assert set(keys(base)).isdisjoint(keys([*base, override]))
 
 
 def test_cell_key_ignores_where_and_how_it_is_recorded():
     same = ["results_dir=/elsewhere", "validity.max_failed_fraction=0.5", "invalid_ok=true", "compare_by=workload",
-            "backend.startup_timeout_s=9", "progress=true", "force=true"]  # fmt: skip
+            "progress=true", "force=true"]  # fmt: skip
     assert keys(BASE) == keys([*BASE, *same])
+    local = [*BASE, "backend=vllm_local"]
+    assert keys(local) == keys([*local, *same, "backend.startup_timeout_s=9"])
 
 
 def test_cell_key_covers_the_plugins_source(tmp_path, monkeypatch):
