@@ -166,10 +166,10 @@ class SchedlabConfig:
     # table; its files go to the parent run (e.g. orchestrator.reproductions.sarathi).
     analysis: Optional[str] = None
     # Grid: key -> list of values, each a Hydra override (`policy: [fcfs, sjf]` -> policy=fcfs,
-    # policy=sjf); the cartesian product of all keys.
+    # policy=sjf); the cartesian product of all keys, times every entry of `cells`.
     grid: Dict[str, Any] = field(default_factory=dict)
-    # Extra cells, added to the grid's: {override key: value} dicts, each combined with the grid keys it
-    # does not set (for combinations a product cannot express).
+    # Explicit cells: {override key: value} dicts, each x the grid keys it does not set; they replace the
+    # plain grid product (an entry {} brings it back).
     cells: List[Dict[str, Any]] = field(default_factory=list)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     allocator: AllocatorConfig = field(default_factory=AllocatorConfig)

@@ -87,21 +87,18 @@ def override_key(override: str) -> str:
 
 
 def expand(grid: Any, cells: Sequence[Any] = (), pinned: Sequence[str] = ()) -> list[list[str]]:
-    """Override lists of every cell: the grid product, then each entry of ``cells`` x the grid
-    product over the keys that entry does not set itself (an entry adds cells, it never removes
-    any; one that repeats a grid cell is not run twice)."""
+    """Override lists of every cell: each entry of ``cells`` (or, without ``cells``, one empty entry)
+    x the grid product over the keys that entry does not set itself. So ``cells`` replaces the plain
+    grid product; an entry ``{}`` brings it back (docs/experiments.md)."""
     flat = {k: v for k, v in flatten_grid(grid).items() if k not in set(pinned)}
     if isinstance(cells, (DictConfig, ListConfig)):
         cells = OmegaConf.to_container(cells, resolve=True)
-    out: list[list[str]] = []
-    for entry in [{}, *(cells or [])]:
+    out = []
+    for entry in cells or [{}]:
         fixed = {k: v[0] for k, v in flatten_grid(entry).items() if k not in set(pinned)}
         sweeps = [f"{k}={','.join(_format_value(x) for x in vals)}" for k, vals in flat.items() if k not in fixed]
         (product,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(sweeps), None)
-        for p in product:
-            overrides = [f"{k}={_format_value(v)}" for k, v in fixed.items()] + p
-            if not any(sorted(overrides) == sorted(o) for o in out):
-                out.append(overrides)
+        out += [[f"{k}={_format_value(v)}" for k, v in fixed.items()] + p for p in product]
     return out
 
 

@@ -159,7 +159,7 @@ def engine_label(c: CellData) -> str:
         return "no chunking"
     label = f"chunked, budget {coord(c, 'engine.max_num_batched_tokens', '?')}"
     chunk = coord(c, "engine.long_prefill_token_threshold")
-    chunk = "" if chunk in ("None", "null") else chunk
+    chunk = "" if chunk in ("None", "null", "0") else chunk  # 0: no per-request cap (vLLM's default)
     return f"{label}, chunk {chunk}" if chunk else label
 
 

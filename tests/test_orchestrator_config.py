@@ -119,12 +119,13 @@ def test_command_line_pins_a_grid_dimension_and_overrides_apply_to_every_cell(hy
 
 
 def test_explicit_cells_override_grid_keys():
-    # cells add to the grid: 2 policies x 2 seeds, then the vtc entry over the seeds it does not set;
-    # an entry equal to a grid cell ({} here) is not run twice.
+    # cells replace the plain grid product: the vtc entry over the seeds it does not set, and {} for
+    # the grid itself (without it there would be no fcfs baseline).
     out = expand({"policy": ["fcfs", "sjf"], "seed": [0, 1]}, [{"policy": "vtc", "engine": {"max_num_seqs": -1}}, {}])
-    assert out == [["policy=fcfs", "seed=0"], ["policy=fcfs", "seed=1"], ["policy=sjf", "seed=0"],
-                   ["policy=sjf", "seed=1"], ["policy=vtc", "engine.max_num_seqs=-1", "seed=0"],
-                   ["policy=vtc", "engine.max_num_seqs=-1", "seed=1"]]  # fmt: skip
+    assert out == [["policy=vtc", "engine.max_num_seqs=-1", "seed=0"], ["policy=vtc", "engine.max_num_seqs=-1", "seed=1"],
+                   ["policy=fcfs", "seed=0"], ["policy=fcfs", "seed=1"], ["policy=sjf", "seed=0"],
+                   ["policy=sjf", "seed=1"]]  # fmt: skip
+    assert len(expand({"policy": ["fcfs", "sjf"], "seed": [0, 1]}, [{"policy": "vtc"}])) == 2
 
 
 def test_cell_key_is_stable_and_ignores_how_it_is_run(hydra_conf):

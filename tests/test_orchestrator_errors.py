@@ -153,6 +153,6 @@ def test_a_recording_error_fails_that_cell_only(recorded, tmp_path):
 
 
 def test_a_grid_value_hydra_cannot_compose_is_a_config_error(tmp_path):
-    msg = config_error(tmp_path, "+experiment=sjf_vs_fcfs", "grid.policy=[fcfs,no_such_policy]",
+    msg = config_error(tmp_path, "experiment=sjf_vs_fcfs", "grid.policy=[fcfs,no_such_policy]",
                        "grid.workload=[synthetic_poisson]", "grid.seed=[0]")  # fmt: skip
     assert "no_such_policy" in msg

@@ -131,7 +131,7 @@ def cluster():
 
 
 def _driver(cluster: TwoNodeCluster, results: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator", "+experiment=sjf_vs_fcfs", "backend=vllm_ray",
+    return [sys.executable, "-m", "orchestrator", "experiment=sjf_vs_fcfs", "backend=vllm_ray",
             "backend.ray_address=auto", "backend.num_cpus_per_cell=1", f"results_dir={results}",
             f"experiment_name={name}", "grid.workload=[synthetic_poisson]", "grid.seed=[0]",
             "workload.num_requests=8", "workload.rate=20", "workload.max_output_len=32", "progress=false",

@@ -21,7 +21,7 @@ def results(tmp_path_factory):
 
 
 def run(name: str, results: Path, overrides: list[str]) -> Path:
-    ov = [f"+experiment={name}", f"results_dir={results}", "progress=false", *overrides]
+    ov = [f"experiment={name}", f"results_dir={results}", "progress=false", *overrides]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         res = run_experiment(compose("config", overrides=ov), ov)
     assert res.failed == 0
