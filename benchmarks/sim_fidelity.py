@@ -28,7 +28,7 @@ def main() -> None:
     from simulator.calibrate import calibrate
     from simulator.fidelity import (SERVER_ARGS, Comparison, heldout_replays, real_pooled, real_pooled_unstalled,
                                     self_spread, sim_kwargs, sim_pooled, step_model_ratio)  # fmt: skip
-    from simulator.step_model import PROFILE_DIR
+    from simulator.load import PROFILE_DIR
 
     model_dir = write_model_dir("tiny")
     # The first copy warms the server up: the CPU backend builds kernels for batch shapes it has

@@ -20,17 +20,11 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from simulator.step_model import (
-    HARDWARE,
-    BatchShape,
-    Hardware,
-    LinearModel,
-    RooflineModel,
-    StepTimeModel,
-    load_step_model,
-    request_latencies,
-    step_noise,
-)
+from simulator.linear import LinearModel
+from simulator.load import load_step_model
+from simulator.noise import request_latencies, step_noise
+from simulator.roofline import HARDWARE, Hardware, RooflineModel
+from simulator.step_model import BatchShape, StepTimeModel
 from serving.engine import EngineLimits
 from workloads.records import RequestRecord
 from workloads.trace import Request as TraceRequest

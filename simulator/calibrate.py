@@ -24,7 +24,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from simulator.step_model import PROFILE_DIR, BatchShape, LinearModel, _nonneg_lstsq, cycle_time
+from simulator.linear import LinearModel, _nonneg_lstsq
+from simulator.load import PROFILE_DIR
+from simulator.step_model import BatchShape, cycle_time
 from simulator.step_timer import ENV_VAR, prompt_key
 from workloads.records import RequestRecord
 from workloads.trace import Request
@@ -265,7 +267,7 @@ def fit_step_noise(ratio_runs: Sequence[np.ndarray], window: int = 41,
     On the CPU box: drift sd ≈ 0.15, phi ≈ 0.99 (a 100-step stretch runs 15-20% slow one time in
     ten). Jitter: each ratio divided by the running median of its ``window`` neighbours (the local
     speed), quantiles at ``NOISE_PROBS``; scaled so that a step's expected multiplier is 1."""
-    from simulator.step_model import NOISE_PROBS
+    from simulator.noise import NOISE_PROBS
 
     runs = [np.asarray(r, dtype=float) for r in ratio_runs if len(r)]
     if not runs:

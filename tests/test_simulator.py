@@ -8,7 +8,8 @@ import pytest
 
 from serving.models import write_model_dir
 from simulator import EngineLimits, LinearModel, RooflineModel, load_step_model, simulate
-from simulator.step_model import HARDWARE, BatchShape
+from simulator.roofline import HARDWARE
+from simulator.step_model import BatchShape
 from workloads.synthetic import synthetic
 from workloads.trace import Request
 
@@ -169,7 +170,7 @@ def test_step_noise_keeps_the_mean_and_the_measured_spread_and_correlation():
     import numpy as np
 
     from simulator.calibrate import fit_step_noise
-    from simulator.step_model import NOISE_PROBS, StepNoise
+    from simulator.noise import NOISE_PROBS, StepNoise
 
     rng = np.random.default_rng(0)
     measured = rng.lognormal(-0.1, 0.35, 20_000)  # a right-skewed ratio, median below its mean
@@ -199,7 +200,7 @@ def test_rare_stalls_stay_rare_and_isolated():
     import numpy as np
 
     from simulator.calibrate import fit_step_noise
-    from simulator.step_model import NOISE_PROBS, StepNoise
+    from simulator.noise import NOISE_PROBS, StepNoise
 
     # One step in 5000 measured 30x slower: the sim must not make it a percent of all steps.
     r = np.random.default_rng(1).lognormal(0, 0.2, 10_000)
@@ -215,7 +216,7 @@ def test_rare_stalls_stay_rare_and_isolated():
 def test_step_noise_widens_the_ttft_tail_under_load(tiny):
     import numpy as np
 
-    from simulator.step_model import NOISE_PROBS
+    from simulator.noise import NOISE_PROBS
 
     # ~60% busy: queues form now and then, and slower-than-mean steps lengthen them more than
     # faster ones shorten them.
