@@ -13,9 +13,6 @@ from simulator.noise import NOISE_PROBS
 from simulator.step_model import BatchShape
 
 
-FEATURES = ("prefill_tokens", "decode_tokens", "sum_context")
-
-
 @dataclass
 class LinearModel:
     """t = c0 + c1·prefill_tokens + c2·decode_tokens + c3·Σcontext + c4·[prefill_tokens > 0]

@@ -52,34 +52,6 @@ def server_summary(loop: "LoopResult", ts: pd.DataFrame) -> dict[str, float]:
 
 
 def _client_summary(records: list[RequestRecord]) -> dict[str, float]:
-    try:
-        from workloads.metrics import summarize
-    except ImportError:
-        return fallback_summary(records)
+    from workloads.metrics import summarize
+
     return summarize(records)
-
-
-def fallback_summary(records: list[RequestRecord]) -> dict[str, float]:
-    """Same names as ``workloads.metrics.summarize``; used only until that module exists."""
-    recs = [r for r in records if not r.warmup]
-    ok = [r for r in recs if r.ok]
-    out: dict[str, float] = {"num_completed": float(len(ok)), "num_failed": float(len(recs) - len(ok))}
-    series = {
-        "ttft_ms": [r.ttft_s * 1e3 for r in ok],
-        "tpot_ms": [r.tpot_s * 1e3 for r in ok if r.tpot_s is not None],
-        "itl_ms": [x * 1e3 for r in ok for x in r.itl_s],
-        "e2e_ms": [r.e2e_s * 1e3 for r in ok],
-    }
-    for name, xs in series.items():
-        a = np.asarray(xs, dtype=float)
-        for stat, q in (("p50", 50), ("p90", 90), ("p99", 99)):
-            out[f"{name}_{stat}"] = float(np.percentile(a, q)) if len(a) else float("nan")
-        out[f"{name}_mean"] = float(a.mean()) if len(a) else float("nan")
-    if ok:
-        start = min(r.actual_send_s for r in recs)
-        end = max(r.actual_send_s + r.e2e_s for r in ok)
-        dur = max(end - start, 1e-9)
-        out["duration_s"] = dur
-        out["request_throughput"] = len(ok) / dur
-        out["output_token_throughput"] = sum(r.output_tokens for r in ok) / dur
-    return out

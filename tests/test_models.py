@@ -3,7 +3,7 @@ import json
 import pytest
 from tokenizers import Tokenizer
 
-from serving.models import MODEL_PRESETS, ModelDirError, load_model_config, write_model_dir
+from serving.models import ModelDirError, load_model_config, write_model_dir
 
 
 def test_tiny_model_dir_is_servable_shape(tiny_model_dir):
@@ -21,12 +21,19 @@ def test_tiny_model_dir_is_servable_shape(tiny_model_dir):
     assert tok.decode(ids) == text
 
 
+# The public config.json values (huggingface.co/meta-llama/Llama-3.1-8B, huggingface.co/Qwen/Qwen2.5-7B).
+PUBLIC = {
+    "llama3_8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+                  "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 131072},
+    "qwen2_5_7b": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+                   "num_key_value_heads": 4, "vocab_size": 152064, "max_position_embeddings": 131072},
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("preset", ["llama3_8b", "qwen2_5_7b"])
 def test_real_model_shapes(tmp_path, preset):
     config = json.loads((write_model_dir(preset, tmp_path) / "config.json").read_text())
-    public = MODEL_PRESETS[preset]
-    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size"):
-        assert config[key] == public[key]
+    assert {k: config[k] for k in PUBLIC[preset]} == PUBLIC[preset]
     assert (tmp_path / preset / "tokenizer.json").exists()
 
 

@@ -89,15 +89,12 @@ def test_typo_or_wrong_type_fails_naming_the_key(hydra_conf, override, key):
 
 
 def test_typo_inside_a_group_file_fails(hydra_conf, tmp_path):
-    # A group file with a misspelled key is rejected by the schema, naming the key.
-    bad = Path(CONF) / "policy" / "_test_typo.yaml"
-    bad.write_text("name: sjf\nargz: {}\n")
-    try:
-        with pytest.raises(ConfigCompositionException) as e:
-            compose("config", overrides=["policy=_test_typo"])
-        assert "argz" in str(e.value) + str(e.value.__cause__)
-    finally:
-        bad.unlink()
+    # A group file (in a researcher's own config dir) with a misspelled key is rejected by the schema.
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "typo.yaml").write_text("name: sjf\nargz: {}\n")
+    with pytest.raises(ConfigCompositionException) as e:
+        compose("config", overrides=[f"hydra.searchpath=[file://{tmp_path}]", "policy=typo"])
+    assert "argz" in str(e.value) + str(e.value.__cause__)
 
 
 def test_sjf_vs_fcfs_grid_is_the_product(hydra_conf):

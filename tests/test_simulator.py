@@ -8,7 +8,6 @@ import pytest
 
 from serving.models import write_model_dir
 from simulator import EngineLimits, LinearModel, RooflineModel, load_step_model, simulate
-from simulator.roofline import HARDWARE
 from simulator.step_model import BatchShape
 from workloads.synthetic import synthetic
 from workloads.trace import Request
@@ -262,5 +261,3 @@ def test_request_longer_than_model_is_a_400_record(tiny):
     assert res.summary["num_completed"] == 1
 
 
-def test_hardware_presets():
-    assert {"h100", "h200", "a100", "cpu"} <= set(HARDWARE)

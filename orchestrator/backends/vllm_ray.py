@@ -132,12 +132,6 @@ class VLLMRayBackend(Backend):
             cap = min(cap, math.floor(res.get("GPU", 0) / num_gpus))
         return max(1, cap)
 
-    def run_cell(self, spec: CellSpec, progress: CellProgress) -> CellResult:
-        (_, outcome), = self.map_cells([spec], lambda s: progress)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
     def map_cells(
         self, specs: Iterable[CellSpec], started: Callable[[CellSpec], CellProgress]
     ) -> Iterator[tuple[CellSpec, CellResult | BaseException]]:
