@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from orchestrator.checks import measured_config
 from orchestrator.config import ConfigError
+from serving.paths import REPO_ROOT
 
 # Config keys that say how to run or record a cell, or how to judge and show it, not what it
 # measures: left out of the cell key, so that another tracking URI, validity bound or compared key
@@ -35,7 +36,7 @@ _NOT_IDENTITY = ("force", "progress", "results_dir", "mlflow", "grid", "cells", 
 # (a start-up timeout never changes the measurements of a cell that finished).
 _BACKEND_NOT_IDENTITY = ("ray_address", "ray_num_cpus", "num_cpus_per_cell", "max_parallel", "ray_ship_code",
                          "startup_timeout_s")  # fmt: skip
-_POLICIES_DIR = Path(__file__).resolve().parents[1] / "policies"
+_POLICIES_DIR = REPO_ROOT / "policies"
 
 
 @dataclass

@@ -15,10 +15,10 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 import workloads
+from serving.paths import REPO_ROOT
 from workloads import LOADERS, SAMPLES
 from workloads.trace import Request
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class WorkloadConfigError(ValueError):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from serving.models import load_model_config
+from serving.paths import REPO_ROOT
 
 # KV-cache size (GiB) for the CPU build: vLLM's default memory fraction (0.92 of RAM) fails start-up
 # on a 24 GiB machine, and 1 GiB holds ~1M tokens of the tiny model.
@@ -142,8 +143,7 @@ class VLLMServer:
                 env.setdefault(key, value)
         env.setdefault("PYTHONUNBUFFERED", "1")
         # The policy plugin (--scheduler-cls policies....) is imported in the engine-core process.
-        repo_root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         log.write(("$ " + " ".join(self.command()) + "\n").encode())

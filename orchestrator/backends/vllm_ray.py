@@ -25,9 +25,9 @@ from omegaconf import DictConfig
 
 from orchestrator.backends.base import Backend
 from serving.cell import CellFailed, CellProgress, CellResult, CellSpec, NullProgress
+from serving.paths import REPO_ROOT
 from serving.runner import CellRunner
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @ray.remote(num_cpus=0)
