@@ -43,14 +43,9 @@ def engine_request_factory(*, block_size: int, max_model_len: int) -> Callable[[
                 f"request {tr.request_id}: prompt ({tr.prompt_len}) + output ({tr.output_len}) tokens "
                 f"exceed max_model_len {max_model_len}"
             )
-        extra = {"tenant": tr.tenant}
-        if tr.deadline_s is not None:
-            extra["deadline_s"] = tr.deadline_s
-        if tr.output_len_hint is not None:
-            extra["output_len_hint"] = tr.output_len_hint
         return make_request(
             tr.request_id, tr.prompt_token_ids, max(tr.output_len, 1), block_size=block_size,
-            arrival_time=arrival_s, priority=tr.priority, extra_args=extra,
+            arrival_time=arrival_s, priority=tr.priority, extra_args=tr.vllm_xargs(),
         )  # fmt: skip
 
     return build

@@ -53,12 +53,7 @@ def request_body(model: str, r: Request) -> dict[str, Any]:
     }
     if r.priority:  # vLLM rejects non-zero priority unless the server schedules by priority
         body["priority"] = int(r.priority)
-    xargs: dict[str, Any] = {"tenant": r.tenant}
-    if r.deadline_s is not None:
-        xargs["deadline_s"] = float(r.deadline_s)
-    if r.output_len_hint is not None:
-        xargs["output_len_hint"] = int(r.output_len_hint)
-    body["vllm_xargs"] = xargs
+    body["vllm_xargs"] = r.vllm_xargs()
     return body
 
 

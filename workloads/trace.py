@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # Mooncake's prefix block: equal ``Request.prefix_hash_ids`` entries are equal blocks of this many
 # prompt tokens.
@@ -32,6 +33,17 @@ class Request:
     output_len_hint: int | None = None
     # Mooncake-style prefix block ids: equal ids = equal MOONCAKE_BLOCK_TOKENS-token prompt blocks.
     prefix_hash_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    def vllm_xargs(self) -> dict[str, Any]:
+        """The scheduling metadata policies read (``policies.base``: tenant, deadline, output-length
+        hint): sent as ``vllm_xargs`` over HTTP, which vLLM puts in ``SamplingParams.extra_args``,
+        and given as those ``extra_args`` directly by the simulator."""
+        xargs: dict[str, Any] = {"tenant": self.tenant}
+        if self.deadline_s is not None:
+            xargs["deadline_s"] = float(self.deadline_s)
+        if self.output_len_hint is not None:
+            xargs["output_len_hint"] = int(self.output_len_hint)
+        return xargs
 
 
 class Trace(list):
