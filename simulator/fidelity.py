@@ -94,7 +94,7 @@ def sim_kwargs(profile, run=None, step_log: str | Path | None = None) -> dict[st
 
     kw: dict[str, Any] = {"engine": EngineLimits(**{k: e[k] for k in EngineLimits.__dataclass_fields__})}
     if run is not None:
-        from simulator.calibrate import num_tokens_run, read_step_log
+        from simulator.step_log import num_tokens_run, read_step_log
 
         kw["warm_num_tokens"] = num_tokens_run(read_step_log(step_log)[2], run.t0)
     return kw
@@ -118,7 +118,7 @@ class Comparison:
 
 def real_summary(run, step_log: str | Path) -> dict[str, float]:
     """Client metrics of a real run plus the engine's preemptions during it (from the step log)."""
-    from simulator.calibrate import read_step_log
+    from simulator.step_log import read_step_log
     from workloads.metrics import summarize
 
     out = summarize(run.records)
@@ -131,7 +131,7 @@ def real_summary(run, step_log: str | Path) -> dict[str, float]:
 def step_model_ratio(profile, run, step_log: str | Path) -> float:
     """Mean predicted / mean measured cycle over the real engine steps of ``run``: separates a
     step-model error (or the server drifting since calibration) from front-end latency errors."""
-    from simulator.calibrate import read_step_log, step_cycles
+    from simulator.step_log import read_step_log, step_cycles
     from simulator.step_model import cycle_time
 
     _, adds, steps = read_step_log(step_log)

@@ -168,7 +168,7 @@ def _normal_scores(x):
 def test_step_noise_keeps_the_mean_and_the_measured_spread_and_correlation():
     import numpy as np
 
-    from simulator.calibrate import fit_step_noise
+    from simulator.fit import fit_step_noise
     from simulator.noise import NOISE_PROBS, StepNoise
 
     rng = np.random.default_rng(0)
@@ -198,7 +198,7 @@ def test_step_noise_keeps_the_mean_and_the_measured_spread_and_correlation():
 def test_rare_stalls_stay_rare_and_isolated():
     import numpy as np
 
-    from simulator.calibrate import fit_step_noise
+    from simulator.fit import fit_step_noise
     from simulator.noise import NOISE_PROBS, StepNoise
 
     # One step in 5000 measured 30x slower: the sim must not make it a percent of all steps.
