@@ -22,10 +22,10 @@ from serving.cell import CellFailed, CellProgress, CellResult, CellSpec
 from serving.engine import EngineConfig
 from serving.models import write_model_dir
 from serving.server import ServerStartError, VLLMServer, vllm_build, vllm_version
-from workloads.loadgen import replay, replay_with_server_metrics, warmup_copies
+from workloads.loadgen import replay, warmup_copies
 from workloads.metrics import summarize
 from workloads.records import RequestRecord
-from workloads.server_metrics import server_summary
+from workloads.server_metrics import replay_with_server_metrics, server_summary
 
 
 def server_args(cfg: DictConfig) -> list[str]:

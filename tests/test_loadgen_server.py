@@ -6,9 +6,9 @@ import pytest
 
 from serving.server import VLLMServer
 from workloads import materialize, synthetic
-from workloads.loadgen import replay, replay_with_server_metrics
+from workloads.loadgen import replay
 from workloads.metrics import summarize
-from workloads.server_metrics import SAMPLE_COLUMNS, server_summary
+from workloads.server_metrics import SAMPLE_COLUMNS, replay_with_server_metrics, server_summary
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,16 @@ import asyncio
 import math
 import time
 import urllib.request
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import aiohttp
 import numpy as np
 import pandas as pd
+
+from workloads.loadgen import _run_async, run_load
+from workloads.records import RequestRecord
+from workloads.trace import Request
 
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
@@ -133,3 +139,53 @@ def server_summary(
         out[f"server_{name}_mean"] = float(vals.mean()) if vals.size else math.nan
         out[f"server_{name}_max"] = float(vals.max()) if vals.size else math.nan
     return out
+
+
+# --- a replay with the server's /metrics sampled around and during it ---
+
+
+@dataclass
+class LoadResult:
+    """A replay together with the server's ``/metrics`` before/after and sampled over time."""
+
+    records: list[RequestRecord]
+    server_before: dict[str, float]
+    server_after: dict[str, float]
+    samples: Any  # pandas.DataFrame: t_s, num_running, num_waiting, kv_cache_usage
+
+
+async def run_load_with_server_metrics(
+    base_url: str, model: str, requests: Sequence[Request], *, sample_interval_s: float = 0.5, **kw: Any
+) -> LoadResult:
+    """``run_load`` while sampling the server's ``/metrics`` every ``sample_interval_s``."""
+    async with aiohttp.ClientSession() as metrics_session:
+        state: dict[str, Any] = {}
+        stop = asyncio.Event()
+
+        async def measure_start() -> None:
+            state["before"] = await scrape_async(base_url, metrics_session)
+            state["sampler"] = asyncio.create_task(
+                sample_server(base_url, stop, interval_s=sample_interval_s, session=metrics_session)
+            )
+
+        try:
+            records = await run_load(base_url, model, requests, on_measure_start=measure_start, **kw)
+        finally:
+            stop.set()
+        if "sampler" not in state:
+            raise RuntimeError("the run failed before /metrics sampling started")
+        samples = await state["sampler"]
+        try:  # a server that died at the end of the replay: its records still count
+            after = await scrape_async(base_url, metrics_session)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            after = {}
+    return LoadResult(records, state["before"], after, samples)
+
+
+def replay_with_server_metrics(
+    base_url: str, model: str, requests: Sequence[Request], *, sample_interval_s: float = 0.5, **kw: Any
+) -> LoadResult:
+    """Synchronous ``run_load_with_server_metrics`` (same keyword options as ``replay``)."""
+    return _run_async(
+        run_load_with_server_metrics(base_url, model, requests, sample_interval_s=sample_interval_s, **kw)
+    )
