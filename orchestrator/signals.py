@@ -9,6 +9,7 @@ exits with the shell's code for the signal, 128 + its number (130, 143, 129).
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ from typing import Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _received: list[int] = []  # stop signals received inside stop_signals_raise(), latest last
+_cleaning = threading.Event()  # the clean-up has begun (or the handlers are gone): no re-delivery
+REDELIVER_S = 1.0
 
 
 class Interrupted(KeyboardInterrupt):
@@ -42,7 +45,17 @@ def exit_code(e: BaseException) -> int:
 
 def _raise(signum: int, frame: object) -> None:
     _received.append(signum)
+    # An exception raised from a signal handler inside a __del__, a weakref or GC callback is printed and
+    # dropped ("Exception ignored in ..."): send the signal again until the clean-up has begun.
+    timer = threading.Timer(REDELIVER_S, _redeliver, (signum,))
+    timer.daemon = True
+    timer.start()
     raise Interrupted(signum)
+
+
+def _redeliver(signum: int) -> None:
+    if not _cleaning.is_set():
+        os.kill(os.getpid(), signum)
 
 
 @contextmanager
@@ -63,9 +76,20 @@ def stop_signals_raise():
     ignores SIGHUP, a background shell SIGINT: that stays). ``ray.init`` installs its own SIGTERM
     handler: the Ray backend puts this one back."""
     _received.clear()
-    return _handlers(tuple(s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN), _raise)
+    _cleaning.clear()
+    return _raising(tuple(s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN))
+
+
+@contextmanager
+def _raising(signums: tuple[int, ...]) -> Iterator[None]:
+    try:
+        with _handlers(signums, _raise):
+            yield
+    finally:
+        _cleaning.set()
 
 
 def signals_ignored():
     """Within: every stop signal is ignored, so a clean-up already under way completes."""
+    _cleaning.set()
     return _handlers(STOP_SIGNALS, signal.SIG_IGN)
