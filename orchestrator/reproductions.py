@@ -262,3 +262,17 @@ def fastserve(cells: Sequence[CellData], cfg: DictConfig, exp_dir: Path, console
     if "mlfq" in groups and "fastserve" in groups:
         rows += _ratio_rows({k: groups[k] for k in ("mlfq", "fastserve")}, "mlfq", metrics)
     return write_rows(rows, exp_dir, "FastServe: job completion time vs FCFS and vs MLFQ without proactive preemption", console)
+
+
+# ---- 5. Cache-aware ordering (SGLang's LPM) and eviction policies ----
+
+def cache(cells: Sequence[CellData], cfg: DictConfig, exp_dir: Path, console: Console) -> list[Path]:
+    rows = []
+    metrics = [("server_prefix_cache_hit_rate", True), ("ttft_ms_p50", False), ("request_throughput", True)]
+    for workload in sorted({coord(c, "workload") for c in cells}):
+        sub = [c for c in cells if coord(c, "workload") == workload]
+        groups = by_seed(sub, lambda c: f"{coord(c, 'policy')}+{coord(c, 'allocator.args.eviction')}")
+        for r in _ratio_rows(groups, "fcfs+lru", metrics, {"server_prefix_cache_hit_rate": "higher (SGLang: LPM > FCFS)"}):
+            r["comparison"] = f"{workload}: {r['comparison']}"
+            rows.append(r)
+    return write_rows(rows, exp_dir, "Cache-aware ordering and eviction vs FCFS + LRU", console)

@@ -52,3 +52,17 @@ def test_chunked_prefill_bounds_tail_tbt_and_raises_capacity(results):
     assert tbt[256] <= tbt[512] <= tbt[1024] <= tbt[2048]
     caps = pd.read_csv(out / "capacity.csv").groupby("engine").capacity_req_s.mean()
     assert caps["chunked, budget 512"] > caps["no chunking"]
+
+
+def test_andes_raises_average_qoe_over_fcfs_under_bursty_load(results):
+    out = run("repro_andes", results, ["workload.num_requests=80", "model.max_num_seqs=8", "grid.seed=[0]",
+                                       "grid.workload.rate=[40.0]"])  # fmt: skip
+    rows = pd.read_csv(out / "reproduction.csv")
+    qoe = rows[rows.metric == "qoe_mean"]
+    assert len(qoe) == 1 and qoe.ratio.iloc[0] > 1.05, rows
+
+
+def test_longest_prefix_first_raises_the_prefix_cache_hit_rate(results):
+    out = run("repro_cache", results, ["grid.workload=[shared_history]", "workload.num_requests=160", "grid.seed=[0]"])
+    rows = pd.read_csv(out / "reproduction.csv").set_index(["comparison", "metric"]).ratio
+    assert rows[("shared_history: lpm+lru vs fcfs+lru", "server_prefix_cache_hit_rate")] > 1.2
