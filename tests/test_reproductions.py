@@ -66,3 +66,22 @@ def test_longest_prefix_first_raises_the_prefix_cache_hit_rate(results):
     out = run("repro_cache", results, ["grid.workload=[shared_history]", "workload.num_requests=160", "grid.seed=[0]"])
     rows = pd.read_csv(out / "reproduction.csv").set_index(["comparison", "metric"]).ratio
     assert rows[("shared_history: lpm+lru vs fcfs+lru", "server_prefix_cache_hit_rate")] > 1.2
+
+
+def test_andes_preempts_a_request_far_ahead_of_its_reader(tmp_path):
+    """Simulator, 1 ms per step, 2 batch slots: r0 and r1 run ahead of a 5 tokens/s reader; r2
+    arrives at 4.5 ms, is urgent (due within 2 s) and displaces one of them at once (first token at
+    the end of step 6, 6 ms); under FCFS it waits for r0/r1's 40 steps."""
+    from serving.models import write_model_dir
+    from simulator import EngineLimits, LinearModel, simulate
+    from workloads.trace import Request
+
+    step_model = LinearModel(c0=1e-3, c1=0.0, c2=0.0, c3=0.0, num_gpu_blocks=64)
+    trace = [Request("r0", 0.0, 16, 40), Request("r1", 0.0, 16, 40), Request("r2", 4.5e-3, 16, 40)]
+    kw = dict(model_dir=write_model_dir("tiny", tmp_path), step_model=step_model, engine=EngineLimits(max_num_seqs=2))
+    andes = simulate(trace, policy="andes", policy_args={"urgent_s": 2.0, "min_buffer_s": 0.5}, **kw)
+    assert {r.request_id: r.ttft_s for r in andes.records}["r2"] == pytest.approx(1.5e-3)
+    assert andes.num_preemptions >= 1
+    fcfs = simulate(trace, policy="fcfs", **kw)
+    assert fcfs.num_preemptions == 0
+    assert {r.request_id: r.ttft_s for r in fcfs.records}["r2"] == pytest.approx(41e-3 - 4.5e-3)
