@@ -55,7 +55,7 @@ def test_chunked_prefill_bounds_tail_tbt_and_raises_capacity(results):
 
 
 def test_andes_raises_average_qoe_over_fcfs_under_bursty_load(results):
-    out = run("repro_andes", results, ["workload.num_requests=80", "model.max_num_seqs=8", "grid.seed=[0]",
+    out = run("repro_andes", results, ["workload.num_requests=80", "engine.max_num_seqs=8", "grid.seed=[0]",
                                        "grid.workload.rate=[40.0]"])  # fmt: skip
     rows = pd.read_csv(out / "reproduction.csv")
     qoe = rows[rows.metric == "qoe_mean"]
