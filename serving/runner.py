@@ -41,6 +41,8 @@ def server_args(cfg: DictConfig) -> list[str]:
 
 # vLLM's log-record prefix, e.g. "(EngineCore pid=17019) ERROR 12-06 14:02:23 [core.py:1510] ".
 _PREFIX = re.compile(r"^(?:\(\w+ pid=\d+\) )?(?:(DEBUG|INFO|WARNING|ERROR|CRITICAL) \d\d-\d\d [\d:]+ \[[^\]]*\] )?")
+# uvicorn's own records, e.g. 'INFO:     127.0.0.1:47748 - "POST /v1/completions HTTP/1.1" 200 OK'.
+_ACCESS_LOG = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL):\s")
 # A traceback's last line: the exception type at the start of the line, then its message.
 _EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.*)")
 # vLLM's wrappers around the root cause: they point above it, the root cause is elsewhere in the log.
@@ -68,7 +70,8 @@ def error_line(log_path: str | Path) -> str:
         return ""
     i, text = root[-1]
     for more in lines[i + 1 : i + 6]:  # continuation lines of a multi-line message
-        if not more.strip() or _PREFIX.match(more).group(0) or more.startswith(("Traceback", "  File", "$ ")):
+        if (not more.strip() or _PREFIX.match(more).group(0) or _ACCESS_LOG.match(more)
+                or more.startswith(("Traceback", "  File", "$ "))):
             break
         text += " | " + more.strip()
     return text[:800]

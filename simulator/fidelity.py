@@ -92,7 +92,7 @@ def sim_kwargs(profile, run=None, step_log: str | Path | None = None) -> dict[st
     e = profile.meta["engine"]
     from serving.engine import EngineLimits
 
-    kw: dict[str, Any] = {"engine": EngineLimits(**{k: e[k] for k in EngineLimits.__dataclass_fields__})}
+    kw: dict[str, Any] = {"engine": EngineLimits(**{k: e[k] for k in EngineLimits.__dataclass_fields__ if k in e})}
     if run is not None:
         from simulator.step_log import num_tokens_run, read_step_log
 

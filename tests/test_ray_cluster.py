@@ -32,6 +32,15 @@ REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
+def cluster_env(cluster: "TwoNodeCluster") -> dict[str, str]:
+    """The environment of the cluster's nodes and drivers: HOME inside the cluster's root, so a Ray auth
+    token that an earlier local ``ray.init`` left in ~/.ray (Ray 2.60 writes one) is not sent to this
+    cluster, which runs without token auth."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["HOME"] = str(cluster.root)
+    return env
+
+
 class TwoNodeCluster:
     """A head and a worker raylet on 127.0.0.1, each with 1 CPU, ``--block`` children of the test."""
 
@@ -57,7 +66,7 @@ class TwoNodeCluster:
         else:
             cmd += [f"--address={self.address}"]
         # No PYTHONPATH, cwd outside the repo: the nodes can import schedlab only from what Ray ships.
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+        env = {k: v for k, v in cluster_env(self).items() if k != "PYTHONPATH"}
         env["TMPDIR"] = str(temp / "tmp")  # model dirs of the cells' servers land under the cluster's root
         log = open(self.root / f"{name}.log", "wb")
         self.procs.append(subprocess.Popen(cmd, cwd=temp, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -77,7 +86,7 @@ class TwoNodeCluster:
         code = (f"import ray, time\nray.init(address='{self.address}', log_to_driver=False)\n"
                 f"for _ in range(120):\n    alive = [x for x in ray.nodes() if x['Alive']]\n"
                 f"    if len(alive) >= {n}: break\n    time.sleep(0.5)\nprint(len(alive))")  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env = cluster_env(self)
         out = None
         for _ in range(10):  # the GCS may not listen yet right after `ray start`
             dead = [p for p in self.procs if p.poll() is not None]
@@ -139,7 +148,7 @@ def _driver(cluster: TwoNodeCluster, results: Path, name: str, *extra: str) -> l
 
 
 def _driver_env(cluster: TwoNodeCluster) -> dict[str, str]:
-    return {**os.environ, "RAY_ADDRESS": cluster.address}  # what "auto" resolves to, as on a cluster's head
+    return {**cluster_env(cluster), "RAY_ADDRESS": cluster.address}  # what "auto" resolves to, as on a cluster's head
 
 
 def _cell_runs(results: Path, name: str):
