@@ -47,7 +47,6 @@ class ModelConfig:
     max_num_seqs: Any = None
     max_num_batched_tokens: Any = None
     max_model_len: Any = None
-    num_gpu_blocks_override: Any = None
     block_size: Any = None
     enable_prefix_caching: Any = None
     enable_chunked_prefill: Any = None
@@ -55,16 +54,14 @@ class ModelConfig:
     enforce_eager: Any = None
     dtype: Any = None
     extra_args: Any = None
+    num_gpu_blocks_override: Any = None
 
 
-# Old key -> new key, for configs written before the ``engine`` group.
+# Old key -> new key, for configs written before the ``engine`` group: every placeholder field above.
 MOVED_KEYS = {
-    **{f"model.{k}": f"engine.{k}" for k in (
-        "tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size",
-        "enable_prefix_caching", "enable_chunked_prefill", "long_prefill_token_threshold", "enforce_eager", "dtype",
-        "extra_args")},
-    "model.num_gpu_blocks_override": "engine.num_gpu_blocks",
-}  # fmt: skip
+    f"model.{k}": "engine." + {"num_gpu_blocks_override": "num_gpu_blocks"}.get(k, k)
+    for k in ModelConfig.__dataclass_fields__ if k not in ("preset", "arch_overrides")
+}
 
 
 class ConfigError(ValueError):
