@@ -3,8 +3,8 @@
 Two raylets (``ray start --head`` and ``ray start --address=...``, CPU only, one CPU each, their own
 ports and temp dirs) make a cluster on which a 2-cell grid must place one cell per node. The repo
 reaches the workers as the job's runtime_env working_dir: no ``pip install`` on the nodes, and the
-nodes run with no PYTHONPATH and a working directory outside the repo. A SIGTERM to the driver must
-leave no server on either node.
+nodes run with no PYTHONPATH and a working directory outside the repo. A SIGTERM to the driver, or a
+Ctrl-C (SIGINT to its process group), must leave no server on either node.
 
 Teardown stops exactly the processes of this cluster, by PID (each has the cluster's temp dir in its
 command line), rather than ``ray stop``, which kills every Ray process on the machine, other users'
@@ -178,31 +178,44 @@ def test_grid_runs_one_cell_on_each_node_with_shipped_code(cluster, tmp_path):
     assert pids_matching(f"{cluster.root}/worker/tmp/schedlab-models") == []
 
 
-def test_sigterm_on_the_driver_leaves_no_server_on_either_node(cluster, tmp_path):
-    proc = subprocess.Popen(_driver(cluster, tmp_path, "cluster_sigterm", "workload.num_requests=400",
-                                    "workload.rate=4"),
+@pytest.mark.parametrize("sig, to_group", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM", "SIGINT-ctrl-c"])  # fmt: skip
+def test_stop_signal_on_the_driver_leaves_no_server_on_either_node(cluster, tmp_path, sig, to_group):
+    """SIGTERM (``timeout``, Slurm, a CI cancel) to the driver alone; SIGINT as Ctrl-C sends it, to the
+    driver's whole process group. Both servers are up (one per node) when the signal arrives: none may
+    be left on either node, the runs are KILLED and the exit code is 128 + the signal."""
+    name = f"cluster_{signal.Signals(sig).name.lower()}"
+
+    def default_dispositions():  # a background shell or nohup starting pytest ignores SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen(_driver(cluster, tmp_path, name, "workload.num_requests=400", "workload.rate=4"),
                             cwd=REPO, env=_driver_env(cluster), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+                            text=True, start_new_session=True, preexec_fn=default_dispositions)  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         up = 0
         while time.monotonic() < deadline and proc.poll() is None and up < 2:
             time.sleep(1)
-            logs = list(tmp_path.glob("cluster_sigterm/cells/*/server.log"))
+            logs = list(tmp_path.glob(f"{name}/cells/*/server.log"))
             up = sum("Application startup complete" in p.read_text(errors="replace") for p in logs)
         assert up == 2, "both servers should be up"
         servers = {n: pids_matching(f"{cluster.root}/{n}/tmp/schedlab-models") for n in ("head", "worker")}
         assert servers["head"] and servers["worker"], servers  # one server on each node
         # every process of each server (API server, engine core), by process group
         groups = {n: [p for pid in pids for p in group_pids(os.getpgid(pid))] for n, pids in servers.items()}
-        proc.send_signal(signal.SIGTERM)
+        if to_group:
+            os.killpg(proc.pid, sig)  # the driver leads its own session: its group is what a terminal signals
+        else:
+            proc.send_signal(sig)
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, out[-4000:]
+    assert proc.returncode == 128 + sig, out[-4000:]
+    assert f"interrupted ({signal.Signals(sig).name})" in out, out[-4000:]
     for n in ("head", "worker"):
         assert pids_matching(f"{cluster.root}/{n}/tmp/schedlab-models") == [], n
         assert [p for p in groups[n] if pid_alive(p)] == [], n
-    _, runs = _cell_runs(tmp_path, "cluster_sigterm")
+    _, runs = _cell_runs(tmp_path, name)
     assert {r.info.status for r in runs} == {"KILLED"} and len(runs) == 3  # 2 cells + the parent
