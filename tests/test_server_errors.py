@@ -1,8 +1,10 @@
 """How a failing server is reported: its root cause (never a WARNING line), and a server that dies
-mid-replay as "server exited with code N during replay: <root cause>" with the records so far."""
+mid-replay as "server exited with code N during replay: <root cause>" with the records so far (or
+"... during warm-up replay: ..." when it dies before the measured replay)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 import orchestrator.config  # noqa: F401
 from serving.runner import error_line
+from serving.server import pids_matching
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,17 +65,15 @@ def test_error_line_is_the_root_cause_never_a_warning(tmp_path, log, root):
     assert error_line(path) == root
 
 
-@pytest.mark.server
-def test_server_dying_mid_replay_is_reported_with_the_records_so_far(tmp_path):
-    """A policy raising in vLLM's scheduler once 4 requests finished (the warm-up request and 3 of the
-    trace) kills the engine mid-replay; the API server exits (code 0 in vLLM 0.32). The cell is FAILED
-    with that root cause, its records kept."""
+def _crash_cell(tmp_path: Path, *extra: str):
+    """One cell whose policy (tests.crash_policy.CrashAfter) kills vLLM's engine once 4 requests
+    finished; its MLflow client and cell run."""
     from orchestrator.experiment import run_experiment
 
     overrides = [
         f"results_dir={tmp_path}", "experiment_name=crash", "progress=false", "policy.name=tests.crash_policy.CrashAfter",
         "+policy.args.after_finished=4", "engine.max_num_seqs=2", "workload.num_requests=20", "workload.rate=20",
-        "workload.max_output_len=32", "backend.warmup_requests=1", "backend.warmup_replay=false",
+        "workload.max_output_len=32", "backend.warmup_requests=1", *extra,
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         res = run_experiment(compose("config", overrides=overrides), overrides)
@@ -80,6 +81,15 @@ def test_server_dying_mid_replay_is_reported_with_the_records_so_far(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("crash").experiment_id],
                                 filter_string="tags.`schedlab.role` = 'cell'")  # fmt: skip
+    return client, run
+
+
+@pytest.mark.server
+def test_server_dying_mid_replay_is_reported_with_the_records_so_far(tmp_path):
+    """A policy raising in vLLM's scheduler once 4 requests finished (the warm-up request and 3 of the
+    trace) kills the engine mid-replay; the API server exits (code 0 in vLLM 0.32). The cell is FAILED
+    with that root cause, its records kept."""
+    client, run = _crash_cell(tmp_path, "backend.warmup_replay=false")
     assert run.info.status == "FAILED"
     error = run.data.tags["schedlab.error"].splitlines()[0]
     assert error.startswith("CellFailed: server exited with code ")
@@ -93,3 +103,21 @@ def test_server_dying_mid_replay_is_reported_with_the_records_so_far(tmp_path):
     assert 3 <= measured.ok.sum() <= 4
     assert measured[~measured.ok].error.notna().all()
     assert (measured[measured.ok].status == 200).all()
+
+
+@pytest.mark.server
+def test_server_dying_in_the_warm_up_replay_fails_the_cell_before_measuring(tmp_path):
+    """With ``backend.warmup_replay=true`` the 20-request workload is first replayed once unmeasured:
+    the engine dies there (4 finished requests). The cell is FAILED with that phase and root cause, the
+    measured replay never starts, and no process of the server is left."""
+    client, run = _crash_cell(tmp_path, "backend.warmup_replay=true")
+    assert run.info.status == "FAILED"
+    error = run.data.tags["schedlab.error"].splitlines()[0]
+    assert re.fullmatch(r"CellFailed: server exited with code -?\d+ during warm-up replay: RuntimeError: CrashAfter: "
+                        r"deliberate scheduler failure after \d+ finished requests", error), error
+    assert pids_matching(str(tmp_path / "models")) == []  # the server's --model path is under results_dir
+    assert {"server.log", "requests.parquet"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    df = pd.read_parquet(client.download_artifacts(run.info.run_id, "requests.parquet", str(tmp_path / "dl")))
+    # the warm-up replay's records (one per copy of the 20 requests, sent or not), none of a measured replay
+    assert len(df) == 20 and df.warmup.all()
+    assert 1 <= df.ok.sum() < 20 and df[~df.ok].error.notna().all()
