@@ -135,8 +135,9 @@ class ValidityConfig:
     """Bounds of a valid cell (orchestrator.validity); invalid cells leave the table, resume re-runs them."""
 
     max_failed_fraction: float = 0.0  # failed requests allowed, as a fraction of the measured ones
-    max_client_stalled_fraction: float = 0.1  # completed requests timed across a load-generator pause
+    max_client_stalled_fraction: float = 0.1  # completed requests a load-generator pause lengthened by > 10%
     max_send_lag_ms_p99: float = 1000.0  # how late the load generator sent requests (p99)
+    retries: int = 2  # runs again, at once, a cell invalid only because the machine disturbed it
 
 
 @dataclass

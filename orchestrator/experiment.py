@@ -40,7 +40,7 @@ from orchestrator.report import (
 from serving.server import vllm_version
 from orchestrator.signals import signal_name, signals_ignored, stop_signals_raise
 from orchestrator.tracking import StoreError, Tracker, run_coords, run_identity
-from orchestrator.validity import invalid_reasons, verdict
+from orchestrator.validity import disturbance_reasons, invalid_reasons, verdict
 from orchestrator.workload import build_requests
 from workloads.metrics import load_records, records_frame, save_parquet
 
@@ -220,6 +220,8 @@ def run_experiment(cfg: DictConfig, task_overrides: Sequence[str], console: Cons
         raise ConfigError(f"grid: {e}") from None
     if cfg.get("analysis"):
         analysis_function(cfg.analysis)  # a typo fails now, not after the grid ran
+    if cfg.validity.retries < 0:
+        raise ConfigError(f"validity.retries={cfg.validity.retries}: must be >= 0 (0 = never re-run a disturbed cell)")
     specs = prepare(cells, Path(cfg.results_dir).resolve())  # all validation happens here, before any server
     try:
         tracker = Tracker(cfg)
@@ -265,23 +267,19 @@ def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker
             return task
 
         try:
-            for spec, outcome in backend.map_cells(todo, started):
-                run_id, task, t0 = running.pop(spec.key)
-                wall = time.monotonic() - t0
-                try:
-                    line = _record_outcome(tracker, run_id, spec, outcome, cfg.validity)
-                    if isinstance(outcome, CellResult):
-                        cache[run_id] = (records_frame(outcome.records), outcome.timeseries)
-                except Exception as e:  # a recording error fails this cell only; the grid goes on
-                    outcome = e
-                    line = f"recording failed: {type(e).__name__}: {e}"
-                    tracker.end_cell(run_id, "FAILED", line)
-                if isinstance(outcome, CellResult):
-                    status[spec.key] = ("FINISHED", run_id, wall)
-                    gp.cell_done(task, f"[green]FINISHED[/] {spec.label}  {wall:.1f} s  {line}")
-                else:
-                    status[spec.key] = ("FAILED", run_id, wall)
-                    gp.cell_done(task, f"[red]FAILED[/] {spec.label}  {wall:.1f} s  {line[:300]}")
+            for attempt in range(1 + cfg.validity.retries):
+                if attempt:
+                    gp.add_cells(len(todo))
+                    gp.print(f"[yellow]running {len(todo)} disturbed cell(s) again (retry {attempt} of "
+                             f"validity.retries={cfg.validity.retries}); the disturbed runs stay in MLflow, "
+                             f"marked invalid[/]")
+                disturbed = set()
+                for spec, outcome in backend.map_cells(todo, started):
+                    if _finish_cell(spec, outcome, running.pop(spec.key), tracker, cfg, cache, status, gp):
+                        disturbed.add(spec.key)
+                todo = [s for s in todo if s.key in disturbed]
+                if not todo:
+                    break
         except KeyboardInterrupt as e:
             with signals_ignored():  # a second signal must not cut the clean-up short
                 gp.print(f"[red]interrupted ({signal_name(e)}): stopping servers[/]")
@@ -311,6 +309,30 @@ def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker
         f"MLflow UI: mlflow ui --backend-store-uri {tracker.tracking_uri}  (then open http://127.0.0.1:5000)"
     )
     return ExperimentResult(finished, failed, len(done_runs), table, exp_dir, parent_id, tracker.tracking_uri)
+
+
+def _finish_cell(spec: CellSpec, outcome: object, started: tuple, tracker: Tracker, cfg: DictConfig, cache: dict,
+                 status: dict, gp: GridProgress) -> bool:  # fmt: skip
+    """Record one cell's outcome and print its line; True if only the machine made it invalid (re-run it)."""
+    run_id, task, t0 = started
+    wall = time.monotonic() - t0
+    try:
+        line = _record_outcome(tracker, run_id, spec, outcome, cfg.validity)
+        if isinstance(outcome, CellResult):
+            cache[run_id] = (records_frame(outcome.records), outcome.timeseries)
+    except Exception as e:  # a recording error fails this cell only; the grid goes on
+        outcome = e
+        line = f"recording failed: {type(e).__name__}: {e}"
+        tracker.end_cell(run_id, "FAILED", line)
+    if not isinstance(outcome, CellResult):
+        status[spec.key] = ("FAILED", run_id, wall)
+        gp.cell_done(task, f"[red]FAILED[/] {spec.label}  {wall:.1f} s  {line[:300]}")
+        return False
+    status[spec.key] = ("FINISHED", run_id, wall)
+    gp.cell_done(task, f"[green]FINISHED[/] {spec.label}  {wall:.1f} s  {line}")
+    summary = {"num_trace_requests": float(len(spec.requests)), **outcome.summary}
+    reasons = invalid_reasons(summary, cfg.validity)
+    return bool(reasons) and not cfg.invalid_ok and reasons == disturbance_reasons(summary, cfg.validity)
 
 
 def _write_cells_csv(cells: list[CellData], status: dict, path: Path) -> None:

@@ -35,6 +35,7 @@ class GridProgress:
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
             console=self.console, disable=not enabled, transient=False,
         )  # fmt: skip
+        self.total = num_cells
         self.cells = self.progress.add_task("cells", total=num_cells, status="")
         self._lock = threading.Lock()
 
@@ -55,6 +56,12 @@ class GridProgress:
                 cell.close()
             self.progress.advance(self.cells)
             self.progress.console.print(line)
+
+    def add_cells(self, n: int) -> None:
+        """``n`` more cells to run (retries)."""
+        with self._lock:
+            self.total += n
+            self.progress.update(self.cells, total=self.total)
 
     def print(self, line: str) -> None:
         self.progress.console.print(line)

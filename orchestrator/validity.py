@@ -31,18 +31,28 @@ def invalid_reasons(summary: Mapping[str, Any], bounds: Any) -> list[str]:
     expected = _get(summary, "num_trace_requests")
     if expected == expected and n < expected:
         out.append(f"replay ended early: {n:.0f} of {expected:.0f} requests replayed")
-    stalled, completed = _get(summary, "num_client_stalled"), _get(summary, "num_completed")
-    if completed > 0 and stalled > bounds.max_client_stalled_fraction * completed:
-        out.append(f"client stalls: {stalled:.0f} of {completed:.0f} requests timed across a pause of the "
-                   f"load generator (validity.max_client_stalled_fraction={bounds.max_client_stalled_fraction:g})")
-    lag = _get(summary, "send_lag_ms_p99")
-    if lag > bounds.max_send_lag_ms_p99:
-        out.append(f"send lag p99 {lag:.0f} ms > validity.max_send_lag_ms_p99={bounds.max_send_lag_ms_p99:g}")
+    out += disturbance_reasons(summary, bounds)
     if _get(summary, "warmup_required") == 1 and not _get(summary, "warmup_replay_requests") > 0:
         out.append("server not warm: CPU server measured without a warm-up replay (backend.warmup_replay=false)")
     warm_failed = _get(summary, "warmup_replay_failed")
     if warm_failed > 0:
         out.append(f"server not warm: {warm_failed:.0f} warm-up replay requests failed")
+    return out
+
+
+def disturbance_reasons(summary: Mapping[str, Any], bounds: Any) -> list[str]:
+    """The reasons that say the measuring machine, not the server, set the timings (client stalls, late
+    sends): they come and go with the machine's load, so such a cell is worth running again."""
+    out = []
+    stalled, completed = _get(summary, "num_client_stalled"), _get(summary, "num_completed")
+    if completed > 0 and stalled > bounds.max_client_stalled_fraction * completed:
+        share = _get(summary, "client_stall_share_max")
+        out.append(f"client stalls: {stalled:.0f} of {completed:.0f} requests have a TTFT or e2e that a pause of the "
+                   f"load generator may have lengthened by > 10% (up to {share:.0%}; "
+                   f"validity.max_client_stalled_fraction={bounds.max_client_stalled_fraction:g})")
+    lag = _get(summary, "send_lag_ms_p99")
+    if lag > bounds.max_send_lag_ms_p99:
+        out.append(f"send lag p99 {lag:.0f} ms > validity.max_send_lag_ms_p99={bounds.max_send_lag_ms_p99:g}")
     return out
 
 

@@ -62,7 +62,8 @@ def test_verdict_rules_on_the_issues_cases():
 
 
 def test_invalid_cells_leave_the_table_rerun_on_resume_and_invalid_ok_keeps_them(tmp_path):
-    strict = [*BASE, f"results_dir={tmp_path}", "validity.max_send_lag_ms_p99=-1"]  # the sim's lag is 0 > -1
+    strict = [*BASE, f"results_dir={tmp_path}", "validity.max_send_lag_ms_p99=-1",  # the sim's lag is 0 > -1
+              "validity.retries=0"]  # fmt: skip
     first = run(strict)
     assert (first.finished, first.skipped) == (2, 0) and first.table.empty
     client, runs = cell_runs(tmp_path)
@@ -84,6 +85,17 @@ def test_invalid_cells_leave_the_table_rerun_on_resume_and_invalid_ok_keeps_them
     relaxed = run([*BASE, f"results_dir={tmp_path}"])
     assert (relaxed.finished, relaxed.skipped) == (0, 2) and len(relaxed.table) == 2
     assert pd.read_csv(relaxed.results_dir / "cells.csv")["valid"].all()
+
+
+def test_cells_the_machine_disturbed_run_again_and_every_attempt_stays_recorded(tmp_path):
+    # A send-lag bound no replay meets: each cell runs 1 + 2 times, every run recorded and marked invalid.
+    res = run([*BASE, f"results_dir={tmp_path}/lag", "validity.max_send_lag_ms_p99=-1", "validity.retries=2"])
+    _, runs = cell_runs(tmp_path / "lag")
+    assert res.finished == 2 and res.table.empty and len(runs) == 6
+    assert all(r.data.tags["schedlab.valid"] == "false" for r in runs)
+    # Failed requests are not the machine's doing: no retry.
+    run([*BASE, f"results_dir={tmp_path}/failed", "validity.max_failed_fraction=-1", "validity.retries=2"])
+    assert len(cell_runs(tmp_path / "failed")[1]) == 2
 
 
 # --- item 3: the cell key and all-cells outputs ----------------------------------------------

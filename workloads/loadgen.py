@@ -130,11 +130,16 @@ async def _watch_loop(run: _Run, stalls: list[tuple[float, float]], period_s: fl
         last = now
 
 
+def _overlap(a: float, b: float, stalls: list[tuple[float, float]]) -> float:
+    return sum(max(0.0, min(b, e) - max(a, s)) for s, e in stalls)
+
+
 def _mark_client_stalls(records: list[RequestRecord], stalls: list[tuple[float, float]]) -> None:
     for rec in records:
         if stalls and rec.e2e_s is not None:
-            a, b = rec.actual_send_s, rec.actual_send_s + rec.e2e_s
-            rec.client_stall_s = sum(max(0.0, min(b, e) - max(a, s)) for s, e in stalls)
+            rec.client_stall_s = _overlap(rec.actual_send_s, rec.actual_send_s + rec.e2e_s, stalls)
+        if stalls and rec.ttft_s is not None:
+            rec.client_stall_ttft_s = _overlap(rec.actual_send_s, rec.actual_send_s + rec.ttft_s, stalls)
 
 
 async def _open_loop(

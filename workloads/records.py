@@ -25,8 +25,17 @@ class RequestRecord:
     error: str | None = None
     warmup: bool = False  # warm-up requests are excluded from metrics
     # Seconds the load generator's own event loop stood still (stretches > 20 ms) between this
-    # request's send and its last token: its timings measured the client machine that long.
+    # request's send and its last token (its first token for ``client_stall_ttft_s``): a token that
+    # arrived meanwhile was timed late by up to that much.
     client_stall_s: float = 0.0
+    client_stall_ttft_s: float = 0.0
+
+    @property
+    def client_stall_share(self) -> float:
+        """The largest share of this request's TTFT or e2e latency that a client stall may have added."""
+        shares = [stall / t for stall, t in ((self.client_stall_ttft_s, self.ttft_s), (self.client_stall_s, self.e2e_s))
+                  if stall > 0 and t]  # fmt: skip
+        return max(shares, default=0.0)
 
     @property
     def ok(self) -> bool:
