@@ -1,5 +1,6 @@
 """Drive an in-process vLLM Scheduler without a model: every scheduled request that reaches the end
-of its tokens "samples" one token. Used by the tests, the overhead benchmark and the docs."""
+of its tokens "samples" one token. Used by the tests, the overhead benchmark, the simulator and the
+docs."""
 
 from __future__ import annotations
 
@@ -9,16 +10,24 @@ from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.engine import EngineCoreEventType
 from vllm.v1.outputs import ModelRunnerOutput
 
-SAMPLED_TOKEN = 5
+from policies.inprocess import TokenIds, token_ids
 
 
-def fake_model_output(sched, so: SchedulerOutput) -> ModelRunnerOutput:
+def fake_model_output(sched, so: SchedulerOutput, tokens: TokenIds | None = None) -> ModelRunnerOutput:
+    """The forward pass, faked: each scheduled request whose tokens are all computed after this step
+    (no partial prefill chunk) samples one token, the model's EOS when it is the request's last
+    (``max_tokens``-th) output, else an ordinary token. ``tokens``: default from ``sched``'s model."""
+    tokens = tokens or token_ids(sched.vllm_config.model_config)
     ids = list(so.num_scheduled_tokens)
     reqs = sched.requests
-    sampled = [
-        [SAMPLED_TOKEN] if reqs[r].num_computed_tokens >= reqs[r].num_tokens else []  # computed already advanced
-        for r in ids
-    ]
+    sampled = []
+    for rid in ids:
+        r = reqs[rid]
+        if r.is_prefill_chunk:  # vLLM sets it in schedule(), once the computed tokens advanced
+            sampled.append([])
+        else:
+            last = len(r._output_token_ids) + 1 >= r.max_tokens
+            sampled.append([tokens.eos if last and tokens.eos is not None else tokens.ordinary])
     return ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled)
 
 

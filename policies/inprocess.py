@@ -7,7 +7,9 @@ KVCacheManager and BlockPool are vLLM's; only the model's forward pass is absent
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,40 @@ from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCache
 from vllm.v1.request import Request  # noqa: E402
 from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
-EOS_TOKEN_ID = 2  # matches serving.models' tokenizer
-
 _none_hash_ready = False
+_token_ids: dict[str, "TokenIds"] = {}
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """The token ids a model-less engine needs, read from the model directory it is built from."""
+
+    eos: int | None  # ends a request that does not ignore EOS (None: the model names none)
+    ordinary: int  # no special token: what a fake forward pass samples before the last token
+
+
+def token_ids(model_config: ModelConfig) -> TokenIds:
+    """The EOS id the way vLLM reads it for generation (``generation_config.json``, else
+    ``config.json``) and the lowest id that is no special token of the model or its tokenizer."""
+    key = model_config.model
+    if key not in _token_ids:
+        gen = model_config.try_get_generation_config()
+        hf = model_config.hf_text_config
+        eos = gen.get("eos_token_id", getattr(hf, "eos_token_id", None))
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        special = set(eos_ids) | set(_tokenizer_special_ids(Path(key)))
+        special |= {i for k in ("bos_token_id", "pad_token_id") for i in [gen.get(k), getattr(hf, k, None)] if isinstance(i, int)}
+        ordinary = next(i for i in range(model_config.get_vocab_size()) if i not in special)
+        _token_ids[key] = TokenIds(eos=eos_ids[0] if eos_ids else None, ordinary=ordinary)
+    return _token_ids[key]
+
+
+def _tokenizer_special_ids(model_dir: Path) -> list[int]:
+    """Ids of the special tokens in ``tokenizer.json`` (none if the directory has no tokenizer)."""
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return []
+    return [t["id"] for t in json.loads(path.read_text()).get("added_tokens", []) if t.get("special")]
 
 
 def make_vllm_config(
@@ -107,18 +140,21 @@ def make_request(
     priority: int = 0,
     extra_args: dict[str, Any] | None = None,
     ignore_eos: bool = True,
+    eos_token_id: int | None = None,
 ) -> Request:
     """A vLLM Request as the engine would build it from an HTTP request.
 
     ``extra_args`` is ``SamplingParams.extra_args`` — where ``vllm_xargs`` of an HTTP request lands,
-    and where policies read tenant / deadline / output-length hints.
+    and where policies read tenant / deadline / output-length hints. ``eos_token_id``: the model's
+    (``token_ids(sched.vllm_config.model_config).eos``); None, as vLLM without a tokenizer, stops
+    requests only by length.
     """
     global _none_hash_ready
     if not _none_hash_ready:
         init_none_hash(sha256)
         _none_hash_ready = True
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos, extra_args=extra_args)
-    params.update_from_generation_config({}, EOS_TOKEN_ID)
+    params.update_from_generation_config({}, eos_token_id)
     return Request(
         request_id=request_id,
         prompt_token_ids=list(prompt_token_ids),

@@ -112,8 +112,8 @@ def write_model_dir(
     """
     if preset not in MODEL_PRESETS:
         raise KeyError(f"unknown model preset {preset!r}; known: {sorted(MODEL_PRESETS)}")
-    config = {**MODEL_PRESETS[preset], **(overrides or {})}
-    config["bos_token_id"], config["eos_token_id"] = 1, 2
+    # Our tokenizer's <s> and </s> (an override may name others, e.g. to test that engines read them).
+    config = {"bos_token_id": 1, "eos_token_id": 2, **MODEL_PRESETS[preset], **(overrides or {})}
     name = preset
     if overrides:
         import hashlib
@@ -126,7 +126,7 @@ def write_model_dir(
     if not config_path.exists() or config_path.read_text() != config_text:
         config_path.write_text(config_text)
     (model_dir / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": 1, "eos_token_id": 2}, indent=2)
+        json.dumps({k: config[k] for k in ("bos_token_id", "eos_token_id")}, indent=2)
     )
     if not (model_dir / "tokenizer.json").exists():
         _write_tokenizer(model_dir)

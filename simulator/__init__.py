@@ -85,6 +85,7 @@ def simulate(
     ``seed`` picks the prompts' token ids and, for a calibrated profile, each request's front-end
     latencies and the steps' noise (``step_model.StepNoise``): same seed, same result.
     """
+    from policies.inprocess import token_ids
     from serving.models import load_model_config
     from simulator.build import build_scheduler, engine_request_factory, materialize_prompts
     from simulator.engine import run_loop
@@ -113,7 +114,8 @@ def simulate(
         enable_chunked_prefill=engine.enable_chunked_prefill,
         long_prefill_token_threshold=engine.long_prefill_token_threshold,
     )  # fmt: skip
-    make_req = engine_request_factory(block_size=block_size, max_model_len=max_model_len)
+    make_req = engine_request_factory(block_size=block_size, max_model_len=max_model_len,
+                                      eos_token_id=token_ids(sched.vllm_config.model_config).eos)
     latencies = request_latencies(step_model, len(trace), seed)
     loop = run_loop(sched, trace, make_req, step_model, latencies=latencies, warm_num_tokens=warm_num_tokens,
                     noise=step_noise(step_model, seed), on_progress=on_progress, scheduling_cost=scheduling_cost)

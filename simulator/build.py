@@ -33,9 +33,12 @@ def build_scheduler(
     )  # fmt: skip
 
 
-def engine_request_factory(*, block_size: int, max_model_len: int) -> Callable[[TraceRequest, float], Any]:
+def engine_request_factory(
+    *, block_size: int, max_model_len: int, eos_token_id: int | None
+) -> Callable[[TraceRequest, float], Any]:
     """Build a vLLM Request as the API server would from the load generator's HTTP request:
-    ``max_tokens`` = trace output length, ``priority``, ``vllm_xargs`` → ``extra_args``."""
+    ``max_tokens`` = trace output length, ``priority``, ``vllm_xargs`` → ``extra_args``, and the
+    model's ``eos_token_id`` (``policies.inprocess.token_ids``)."""
 
     def build(tr: TraceRequest, arrival_s: float):
         if tr.prompt_len + tr.output_len > max_model_len:
@@ -45,7 +48,7 @@ def engine_request_factory(*, block_size: int, max_model_len: int) -> Callable[[
             )
         return make_request(
             tr.request_id, tr.prompt_token_ids, max(tr.output_len, 1), block_size=block_size,
-            arrival_time=arrival_s, priority=tr.priority, extra_args=tr.vllm_xargs(),
+            arrival_time=arrival_s, priority=tr.priority, extra_args=tr.vllm_xargs(), eos_token_id=eos_token_id,
         )  # fmt: skip
 
     return build

@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from vllm.v1.core.sched.scheduler import Scheduler
-from vllm.v1.outputs import ModelRunnerOutput
 
-from policies.inprocess import EOS_TOKEN_ID
+from policies.driver import fake_model_output
+from policies.inprocess import token_ids
 from workloads.records import RequestRecord
 from workloads.trace import Request as TraceRequest
 
 from simulator.step_model import BatchShape, StepTimeModel
-
-NON_EOS_TOKEN_ID = 5  # any ordinary token id of our tokenizer
 
 
 class SimulationStuck(RuntimeError):
@@ -98,6 +96,7 @@ def run_loop(
     log = StepLog()
     log_t, log_run, log_wait, log_kv = log.t_s, log.num_running, log.num_waiting, log.kv_cache_usage
     engine_requests = sched.requests
+    tokens = token_ids(sched.vllm_config.model_config)
     waiting_counts = sched.get_request_counts
     kv_usage = sched.get_kv_cache_usage
 
@@ -134,14 +133,6 @@ def run_loop(
         req_ids = list(scheduled)
         if req_ids:
             idle_steps = 0
-            sampled: list[list[int]] = []
-            for rid in req_ids:
-                r = engine_requests[rid]
-                if r.is_prefill_chunk:
-                    sampled.append([])  # partial prefill chunk: nothing sampled
-                else:
-                    last = len(r._output_token_ids) + 1 >= r.max_tokens
-                    sampled.append([EOS_TOKEN_ID if last else NON_EOS_TOKEN_ID])
             shape = BatchShape.of_step(engine_requests, scheduled)
             dt = step_time(shape.prefill_tokens, shape.decode_tokens, shape.num_reqs, shape.sum_context, shape.prefill_attn)
             # The engine-state terms of simulator.step_model.cycle_time, inline (hot loop).
@@ -155,11 +146,6 @@ def run_loop(
             if arrival_cost and i < n:
                 dt += arrival_cost * (bisect_left(engine_t, t + dt, i) - i)
             t += dt
-            out = ModelRunnerOutput(
-                req_ids=req_ids,
-                req_id_to_index={rid: j for j, rid in enumerate(req_ids)},
-                sampled_token_ids=sampled,
-            )
         else:
             idle_steps += 1
             if idle_steps > 2:
@@ -171,7 +157,7 @@ def run_loop(
                         f"vLLM's Scheduler schedules nothing and no request is left to arrive; "
                         f"{len(stuck)} unfinished (e.g. {stuck[:3]}): a prompt larger than the KV cache?"
                     )
-            out = ModelRunnerOutput(req_ids=[], req_id_to_index={})
+        out = fake_model_output(sched, so, tokens)
         num_steps += 1
 
         if scheduling_cost:
