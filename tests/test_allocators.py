@@ -58,14 +58,19 @@ def random_workload(seed=1, n=60):
                 rng.randint(1, 40), arrival=float(i)) for i in range(n)]
 
 
+MAX_STEPS = 5000  # the 60-request workload drains in 248 steps
+
+
 def replay(sched, reqs, arrivals_per_step=3):
     """Add requests a few per step; return every step's block ids."""
     pending, steps = list(reqs), []
-    while pending or sched.has_requests():
+    for _ in range(MAX_STEPS):
+        if not (pending or sched.has_requests()):
+            return steps
         for _ in range(min(arrivals_per_step, len(pending))):
             sched.add_request(pending.pop(0))
         steps.append(step_block_ids(step(sched)))
-    return steps
+    pytest.fail(f"scheduler not drained after {MAX_STEPS} steps: {len(pending)} requests never added")
 
 
 @pytest.mark.parametrize("allocator, args", [("default", None), ("lru_evict", None),
@@ -84,12 +89,16 @@ def test_workload_really_preempts_and_hits_prefix_cache(model_dir):
     sched = make_scheduler(model_dir, scheduler_cls=Scheduler, num_blocks=24, max_num_seqs=8, max_num_batched_tokens=96)
     pending, hits = random_workload(), 0
     reqs = list(pending)
-    while pending or sched.has_requests():
+    for _ in range(MAX_STEPS):
+        if not (pending or sched.has_requests()):
+            break
         for r in pending[:3]:
             hits += sched.kv_cache_manager.get_computed_blocks(r)[1]
             sched.add_request(r)
         del pending[:3]
         step(sched)
+    else:
+        pytest.fail(f"scheduler not drained after {MAX_STEPS} steps")
     assert sum(r.num_preemptions for r in reqs) > 0 and hits > 0
 
 
@@ -100,12 +109,17 @@ def two_freed_then_one(model_dir, allocator, args=None):
     sched.add_request(req("r1", tokens(1, 20), 4))
     sched.add_request(req("r2", tokens(2, 20), 30))
     first = step_block_ids(step(sched))
-    while "r1" in sched.requests:
+    for _ in range(100):  # r1 needs 4 steps
+        if "r1" not in sched.requests:
+            break
         step(sched)
+    else:
+        pytest.fail(f"{allocator}: r1 (4 output tokens) not finished after 100 steps")
     sched.add_request(req("r3", tokens(3, 40), 1))
-    while "r3" not in step_block_ids(so := step(sched)):
-        pass
-    return first, step_block_ids(so)["r3"]
+    for _ in range(100):  # r3 waits for r2's blocks at most
+        if "r3" in (ids := step_block_ids(step(sched))):
+            return first, ids["r3"]
+    pytest.fail(f"{allocator}: r3 got no blocks within 100 steps")
 
 
 def test_default_reuses_last_freed_first(model_dir):

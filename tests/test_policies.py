@@ -131,9 +131,18 @@ def preemption_scenario(model_dir, policy, reqs, policy_args=None):
         sched.add_request(r)
     from policies.driver import Trace
     trace = Trace()
-    while not trace.preempted:
-        step(sched, trace)
+    preempt_within(sched, trace)
     return sched, trace
+
+
+def preempt_within(sched, trace, max_steps=100):
+    """Step until vLLM preempts a request. The scenarios here preempt within a few steps (three()'s
+    requests, 2 full blocks each, all need a third at their first decode step with 1 left: step 2)."""
+    for _ in range(max_steps):
+        if trace.preempted:
+            return
+        step(sched, trace)
+    pytest.fail(f"no preemption within {max_steps} steps (admitted {trace.admitted})")
 
 
 def three(**per_req):
@@ -170,8 +179,7 @@ def test_mlfq_victim_is_most_demoted(model_dir):
         sched.add_request(req(i, 32, 60))
     from policies.driver import Trace
     trace = Trace()
-    while not trace.preempted:
-        step(sched, trace)
+    preempt_within(sched, trace)
     assert trace.preempted[0] == "r0"  # fcfs would preempt r2, the last admitted
 
 
