@@ -87,10 +87,14 @@ def test_port_in_use_at_start(tiny_model_dir):
 
 
 @pytest.mark.server
-def test_stop_leaves_no_process(server):
-    """Last test of the module: stops the shared server."""
-    pgid = server.pid
-    assert len(group_pids(pgid)) >= 2  # API server + engine core (+ worker)
-    server.stop()
+def test_stop_leaves_no_process(tiny_model_dir, tmp_path):
+    """Its own server: the shared one must stay up whatever order the tests run in."""
+    srv = VLLMServer(tiny_model_dir, log_path=tmp_path / "server.log")
+    try:
+        srv.start()
+        pgid = srv.pid
+        assert len(group_pids(pgid)) >= 2  # API server + engine core (+ worker)
+    finally:
+        srv.stop()
     assert group_pids(pgid) == []
-    assert not server.is_alive()
+    assert not srv.is_alive()
