@@ -36,13 +36,13 @@ class AllocatorConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelArchConfig:
     """Model architecture preset (``serving.models``); the engine's settings are the ``engine`` group."""
 
     preset: str = MISSING  # tiny | llama3_8b | qwen2_5_7b
     arch_overrides: Dict[str, Any] = field(default_factory=dict)  # config.json keys to replace
     # Keys that moved to ``engine``: typed loosely so that an old config reaches ``moved_keys``,
-    # which names the new key, instead of a bare "key not in ModelConfig".
+    # which names the new key, instead of a bare "key not in ModelArchConfig".
     tensor_parallel_size: Any = None
     max_num_seqs: Any = None
     max_num_batched_tokens: Any = None
@@ -60,7 +60,7 @@ class ModelConfig:
 # Old key -> new key, for configs written before the ``engine`` group: every placeholder field above.
 MOVED_KEYS = {
     f"model.{k}": "engine." + {"num_gpu_blocks_override": "num_gpu_blocks"}.get(k, k)
-    for k in ModelConfig.__dataclass_fields__ if k not in ("preset", "arch_overrides")
+    for k in ModelArchConfig.__dataclass_fields__ if k not in ("preset", "arch_overrides")
 }
 
 
@@ -171,7 +171,7 @@ class SchedlabConfig:
     cells: List[Dict[str, Any]] = field(default_factory=list)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelArchConfig = field(default_factory=ModelArchConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     backend: Any = MISSING  # one of BACKEND_SCHEMAS, typed by its group file's defaults

@@ -32,7 +32,7 @@ def fake_model_output(sched, so: SchedulerOutput, tokens: TokenIds | None = None
 
 
 @dataclass
-class Trace:
+class SchedulerEvents:
     """What happened, step by step: admissions (new or resumed), preemptions (as the step's
     SchedulerOutput reports them), vLLM's PREEMPTED engine events (the source of the
     ``vllm:num_preemptions`` metric; delivered with the request's next output), finishes."""
@@ -45,30 +45,30 @@ class Trace:
     steps: int = 0
 
 
-def step(sched, trace: Trace | None = None) -> SchedulerOutput:
+def step(sched, events: SchedulerEvents | None = None) -> SchedulerOutput:
     so = sched.schedule()
     engine_outputs = sched.update_from_output(so, fake_model_output(sched, so))
-    if trace is not None:
+    if events is not None:
         new = [r.req_id for r in so.scheduled_new_reqs] + sorted(so.scheduled_cached_reqs.resumed_req_ids)
-        trace.admitted += new
-        trace.admitted_per_step.append(new)
-        trace.preempted += sorted(so.preempted_req_ids or ())
+        events.admitted += new
+        events.admitted_per_step.append(new)
+        events.preempted += sorted(so.preempted_req_ids or ())
         for eco in engine_outputs.values():
             for out in eco.outputs:
-                trace.preemption_events += sum(e.type == EngineCoreEventType.PREEMPTED for e in out.events or ())
+                events.preemption_events += sum(e.type == EngineCoreEventType.PREEMPTED for e in out.events or ())
                 if out.finish_reason is not None:
-                    trace.finished.append(out.request_id)
-        trace.steps += 1
+                    events.finished.append(out.request_id)
+        events.steps += 1
     return so
 
 
-def run(sched, requests=(), max_steps: int = 100_000) -> Trace:
+def run(sched, requests=(), max_steps: int = 100_000) -> SchedulerEvents:
     """Add ``requests`` and step until the scheduler is empty."""
     for r in requests:
         sched.add_request(r)
-    trace = Trace()
+    events = SchedulerEvents()
     while sched.has_requests():
-        if trace.steps >= max_steps:
+        if events.steps >= max_steps:
             raise RuntimeError(f"scheduler not drained after {max_steps} steps")
-        step(sched, trace)
-    return trace
+        step(sched, events)
+    return events

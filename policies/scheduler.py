@@ -58,7 +58,9 @@ CONFIG_KEY = "schedlab"
 
 
 @dataclass
-class SchedlabConfig:
+class PluginConfig:
+    """The plugins a server runs: ``additional_config["schedlab"]`` as ``policies.schedlab_config`` wrote it."""
+
     policy: str = "fcfs"
     policy_args: dict[str, Any] = field(default_factory=dict)
     allocator: str = "default"
@@ -66,7 +68,7 @@ class SchedlabConfig:
     check_invariants: bool = False
 
     @classmethod
-    def from_additional_config(cls, additional_config: dict[str, Any] | None) -> SchedlabConfig:
+    def from_additional_config(cls, additional_config: dict[str, Any] | None) -> PluginConfig:
         raw = dict((additional_config or {}).get(CONFIG_KEY) or {})
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
@@ -86,7 +88,7 @@ class PolicyScheduler(Scheduler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        cfg = SchedlabConfig.from_additional_config(self.vllm_config.additional_config)
+        cfg = PluginConfig.from_additional_config(self.vllm_config.additional_config)
         self.schedlab_config = cfg
         self.schedlab_policy = load_policy(cfg.policy, cfg.policy_args)
         self.schedlab_allocator = load_allocator(cfg.allocator, cfg.allocator_args)

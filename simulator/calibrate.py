@@ -92,7 +92,7 @@ async def _replay(url: str, model: str, requests: list[Request]) -> RealRun:
     return RealRun(records, t0, requests)
 
 
-def replay(url: str, model: str, requests: list[Request]) -> RealRun:
+def replay_with_clock(url: str, model: str, requests: list[Request]) -> RealRun:
     """``workloads.loadgen`` replay that also returns the run's absolute clock origin."""
     return asyncio.run(_replay(url, model, requests))
 
@@ -146,7 +146,7 @@ def calibrate(
     args += list(server_args)
     with VLLMServer(model_dir, extra_args=args, env={ENV_VAR: str(log)}) as server:
         for p in warmup:
-            replay(server.url, server.model_name, p)
+            replay_with_clock(server.url, server.model_name, p)
         # Extra workload j goes after the phase where (j+1)/(m+1) of the sweep's time has passed.
         ends = np.cumsum([max(r.arrival_s for r in p) + 0.5 for p in phases])
         after = [int(np.searchsorted(ends, (j + 1) / (len(extra_workloads) + 1) * ends[-1])) + 1
@@ -154,9 +154,9 @@ def calibrate(
         sweep_runs, extra_runs, windows = [], [], []
         for i, p in enumerate(phases, 1):
             start = time.perf_counter()
-            sweep_runs.append(replay(server.url, server.model_name, p))
+            sweep_runs.append(replay_with_clock(server.url, server.model_name, p))
             windows.append((start, time.perf_counter()))
-            extra_runs += [replay(server.url, server.model_name, w) for w, a in zip(extra_workloads, after) if a == i]
+            extra_runs += [replay_with_clock(server.url, server.model_name, w) for w, a in zip(extra_workloads, after) if a == i]
         time.sleep(0.5)  # the step log is flushed when the engine goes idle
     meta = {"model_dir": str(model_dir), "server_args": list(server_args), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "num_requests": sum(len(p) for p in phases)}  # fmt: skip

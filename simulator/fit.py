@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from simulator.calibrate import RealRun
 
 
-def request_latencies(runs: Sequence[RealRun], adds: list[dict], steps: list[dict]) -> tuple[list[float], list[float]]:
+def measured_request_latencies(runs: Sequence[RealRun], adds: list[dict], steps: list[dict]) -> tuple[list[float], list[float]]:
     """Per request: (client send → ready for the engine) and (engine first-token step end → client
     first token).
 
@@ -73,7 +73,7 @@ def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, met
     loaded = [k for k, r in enumerate(runs) if r.requests and r.requests[-1].arrival_s > 0] or list(range(len(runs)))
     steps = [s for s in steps if s["t0"] >= min(lo for lo, _ in windows)]
     grid = np.linspace(0, 100, 21)
-    per_run = [request_latencies([runs[k]], adds, steps) for k in loaded]
+    per_run = [measured_request_latencies([runs[k]], adds, steps) for k in loaded]
     q_in = np.median([np.percentile(li, grid) for li, _ in per_run], axis=0)
     q_out = np.median([np.percentile(lo, grid) for _, lo in per_run], axis=0)
     ratios = [np.array([c.seconds / cycle_time(profile, c.shape, arrivals=c.arrivals, new_shape=c.new_shape)

@@ -19,11 +19,11 @@ if TYPE_CHECKING:
 
 def summarize_sim(loop: "LoopResult", ts: pd.DataFrame) -> dict[str, float]:
     summary = dict(_client_summary(loop.records))
-    summary.update(server_summary(loop, ts))
+    summary.update(simulated_server_summary(loop, ts))
     return summary
 
 
-def server_summary(loop: "LoopResult", ts: pd.DataFrame) -> dict[str, float]:
+def simulated_server_summary(loop: "LoopResult", ts: pd.DataFrame) -> dict[str, float]:
     """The names of ``workloads.server_metrics.server_summary`` (the real server's /metrics)."""
     ok = [r for r in loop.records if r.ok]
     q, h = loop.prefix_cache_queries, loop.prefix_cache_hits

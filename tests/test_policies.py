@@ -129,8 +129,8 @@ def preemption_scenario(model_dir, policy, reqs, policy_args=None):
     sched = sched_for(model_dir, policy, policy_args, max_num_seqs=4, num_blocks=8)
     for r in reqs:
         sched.add_request(r)
-    from policies.driver import Trace
-    trace = Trace()
+    from policies.driver import SchedulerEvents
+    trace = SchedulerEvents()
     preempt_within(sched, trace)
     return sched, trace
 
@@ -177,8 +177,8 @@ def test_mlfq_victim_is_most_demoted(model_dir):
         step(sched)
     for i in (1, 2):
         sched.add_request(req(i, 32, 60))
-    from policies.driver import Trace
-    trace = Trace()
+    from policies.driver import SchedulerEvents
+    trace = SchedulerEvents()
     preempt_within(sched, trace)
     assert trace.preempted[0] == "r0"  # fcfs would preempt r2, the last admitted
 

@@ -9,7 +9,7 @@ import pytest
 import policies
 from serving.models import write_model_dir
 from policies.base import PolicyError, PrefillLimits, SchedulingPolicy
-from policies.driver import Trace, run, step
+from policies.driver import SchedulerEvents, run, step
 from policies.inprocess import make_request, make_scheduler
 
 
@@ -89,7 +89,7 @@ def las_order(model_dir, rekey_every):
     sched.clock = lambda: clock[0]
     for i, served in enumerate([5, 0, 2, 0]):
         sched.add_request(req(i, 16, served + 2, served=served))
-    trace = Trace()
+    trace = SchedulerEvents()
     steps_until(sched, trace, lambda: trace.admitted)
     clock[0] = 10.5
     steps_until(sched, trace, lambda: not sched.has_requests())
@@ -119,7 +119,7 @@ def fastserve_run(model_dir, policy):
     sched = sched_for(model_dir, policy, FASTSERVE_ARGS, max_num_seqs=2, num_blocks=64)
     sched.add_request(req(0, 16, 40))
     sched.add_request(req(1, 16, 40))
-    trace = Trace()
+    trace = SchedulerEvents()
     for _ in range(5):
         step(sched, trace)
     sched.add_request(req(2, 16, 40))
@@ -379,7 +379,7 @@ def test_fastserve_displaces_for_kv_blocks_too(model_dir):
     sched = sched_for(model_dir, "fastserve", FASTSERVE_ARGS, max_num_seqs=4, num_blocks=12)
     sched.add_request(req(0, 64, 40))
     sched.add_request(req(1, 64, 40))
-    trace = Trace()
+    trace = SchedulerEvents()
     for _ in range(5):
         step(sched, trace)
     assert sched.schedlab_policy.free_kv_blocks() == 1

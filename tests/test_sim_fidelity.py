@@ -38,7 +38,7 @@ def policy_workload() -> list[Request]:
 def real(tmp_path_factory):
     import policies
     from serving.server import VLLMServer
-    from simulator.calibrate import calibrate, replay
+    from simulator.calibrate import calibrate, replay_with_clock
     from simulator.fidelity import heldout_replays, SERVER_ARGS
     from workloads.prompts import materialize
 
@@ -51,7 +51,7 @@ def real(tmp_path_factory):
     cal = calibrate(model_dir, name="test", server_args=SERVER_ARGS, extra_workloads=[*replays, pol])
     materialize(pol, model_dir)
     with VLLMServer(model_dir, extra_args=[*policies.vllm_args("sjf"), *SERVER_ARGS]) as server:
-        sjf_run = replay(server.url, server.model_name, pol)
+        sjf_run = replay_with_clock(server.url, server.model_name, pol)
     return dict(model_dir=model_dir, cal=cal, replays=replays, measured=cal.runs[1:len(replays)], pol=pol,
                 fcfs_run=cal.runs[-1], sjf_run=sjf_run)
 
