@@ -310,11 +310,11 @@ class BlockAllocator:
 
     @property
     def eviction_policy(self) -> EvictionPolicy:
+        """Attached by ``policies.load_allocator`` (``allocator_args["eviction"]``, else ``eviction``)."""
         policy = self.__dict__.get("_eviction_policy")
         if policy is None:
-            from policies.registry import load_eviction
-
-            policy = self._eviction_policy = load_eviction(type(self).eviction)
+            raise PolicyError(f"block allocator {type(self).__qualname__} has no eviction policy: "
+                              "build it with policies.load_allocator(name, args)")
         return policy
 
     @eviction_policy.setter

@@ -104,9 +104,8 @@ def load_allocator(name: str, args: dict[str, Any] | None = None) -> BlockAlloca
     args = dict(args or {})
     eviction, eviction_args = args.pop("eviction", None), args.pop("eviction_args", None)
     allocator = _build(block_allocator_class(name), name, args)
-    if eviction is not None or eviction_args:
-        try:
-            allocator.eviction_policy = load_eviction(eviction or type(allocator).eviction, eviction_args)
-        except ValueError as e:
-            raise ValueError(f"allocator {name!r}: {e}") from e
+    try:
+        allocator.eviction_policy = load_eviction(eviction or type(allocator).eviction, eviction_args)
+    except ValueError as e:
+        raise ValueError(f"allocator {name!r}: {e}") from e
     return allocator

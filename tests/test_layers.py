@@ -103,19 +103,8 @@ def test_packages_import_only_layers_below():
     assert not back, "imports against the layer order:\n" + "\n".join(back)
 
 
-# Cycles known and owned elsewhere, each with its reason; the list may only shrink.
-KNOWN_CYCLES = {
-    # BlockAllocator.eviction_policy loads the class's default eviction policy lazily through the
-    # registry, which imports base for its types (issue 11's allocator API).
-    ("policies.base", "policies.registry"),
-}
-
-
 def test_no_import_cycles_between_modules():
-    g = graph()
-    for a, b in KNOWN_CYCLES:
-        g[a] = g[a] - {b}
-    found = cycle(g)
+    found = cycle(graph())
     assert found is None, "import cycle: " + " -> ".join(found)
 
 
