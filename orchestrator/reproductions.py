@@ -126,6 +126,18 @@ def _ratio_rows(groups, base: str, metrics: Sequence[tuple[str, bool]], paper: d
     return rows
 
 
+def per_rate(cells: Sequence[CellData], rows_of: Callable[[dict], list[dict]]) -> list[dict]:
+    """``rows_of(policy -> seed -> cell)`` at every swept ``workload.rate``, comparisons tagged with the rate."""
+    rows = []
+    for rate in sorted({coord(c, "workload.rate") for c in cells}, key=lambda r: float(r or 0)):
+        groups = by_seed([c for c in cells if coord(c, "workload.rate") == rate], lambda c: coord(c, "policy"))
+        for r in rows_of(groups):
+            if rate:
+                r["comparison"] = f"{r['comparison']} @ {rate} req/s"
+            rows.append(r)
+    return rows
+
+
 # ---- 1. Fu et al., NeurIPS'24: SJF on exact and noisy output-length hints vs FCFS ----
 
 def hint_tau(cfg: DictConfig, hint_noise: float, seed: int) -> float:
@@ -240,28 +252,27 @@ def _plot_curves(curves, tbt_slo: float, ttft_slo: float, path: Path) -> Path:
 # ---- 4. Andes: QoE-aware scheduling vs FCFS under bursty load ----
 
 def andes(cells: Sequence[CellData], cfg: DictConfig, exp_dir: Path, console: Console) -> list[Path]:
-    rows = []
-    rates = sorted({coord(c, "workload.rate") for c in cells})
-    for rate in rates:
-        groups = by_seed([c for c in cells if coord(c, "workload.rate") == rate], lambda c: coord(c, "policy"))
-        for r in _ratio_rows(groups, "fcfs", [("qoe_mean", True), ("qoe_p10", True), ("ttft_ms_p90", False)],
-                             {"qoe_mean": "up to 3.2x (v1) / 4.7x (v2) average QoE"}):  # fmt: skip
-            if rate:
-                r["comparison"] = f"{r['comparison']} @ {rate} req/s"
-            rows.append(r)
+    metrics = [("qoe_mean", True), ("qoe_p10", True), ("ttft_ms_p90", False)]
+    paper = {"qoe_mean": "up to 3.2x (v1) / 4.7x (v2) average QoE"}
+    rows = per_rate(cells, lambda groups: _ratio_rows(groups, "fcfs", metrics, paper))
     return write_rows(rows, exp_dir, "Andes: average QoE vs FCFS under bursty load", console)
 
 
 # ---- 2. FastServe: skip-join MLFQ with proactive preemption vs FCFS and vs MLFQ without it ----
 
 def fastserve(cells: Sequence[CellData], cfg: DictConfig, exp_dir: Path, console: Console) -> list[Path]:
-    groups = by_seed(cells, lambda c: coord(c, "policy"))
+    """Mean and P99 JCT ratios vs FCFS, and fastserve vs mlfq, at every swept rate."""
     metrics = [("e2e_ms_mean", False), ("e2e_ms_p99", False)]
     paper = {"e2e_ms_mean": "up to 5.1x (average JCT)", "e2e_ms_p99": "up to 6.4x (tail JCT)"}
-    rows = _ratio_rows(groups, "fcfs", metrics, paper)
-    if "mlfq" in groups and "fastserve" in groups:
-        rows += _ratio_rows({k: groups[k] for k in ("mlfq", "fastserve")}, "mlfq", metrics)
-    return write_rows(rows, exp_dir, "FastServe: job completion time vs FCFS and vs MLFQ without proactive preemption", console)
+
+    def rows_at(groups):
+        rows = _ratio_rows(groups, "fcfs", metrics, paper)
+        if "mlfq" in groups and "fastserve" in groups:
+            rows += _ratio_rows({k: groups[k] for k in ("mlfq", "fastserve")}, "mlfq", metrics)
+        return rows
+
+    return write_rows(per_rate(cells, rows_at), exp_dir,
+                      "FastServe: job completion time vs FCFS and vs MLFQ without proactive preemption", console)  # fmt: skip
 
 
 # ---- 5. Cache-aware ordering (SGLang's LPM) and eviction policies ----
