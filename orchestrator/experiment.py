@@ -15,6 +15,7 @@ import json
 import re
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -186,9 +187,11 @@ def experiment_cells(tracker: Tracker, cfg: DictConfig, order: Sequence[str], ca
     cell keys shown first; ``cache``: run id -> (records, time series) already in memory."""
     usable = _usable(cfg)
     best: dict[str, object] = {}
+    attempts: Counter = Counter()
     rank = lambda r: (r.info.status == "FINISHED" and usable(r), r.info.status == "FINISHED")  # noqa: E731
     for run in tracker.cell_runs():  # newest first: a later run only wins by rank
         key = run.data.tags.get("schedlab.cell_key", run.info.run_id)
+        attempts[key] += 1
         if key not in best or rank(run) > rank(best[key]):
             best[key] = run
     keys = [k for k in order if k in best] + sorted(set(best) - set(order), key=lambda k: best[k].info.start_time)
@@ -200,7 +203,7 @@ def experiment_cells(tracker: Tracker, cfg: DictConfig, order: Sequence[str], ca
         reasons = invalid_reasons(summary, cfg.validity) if finished else []
         c = CellData(label=run.info.run_name or key, status=run.info.status, coords=run_coords(run),
                      config=run_identity(run), summary=summary, run_id=run.info.run_id, key=key, reasons=reasons,
-                     in_table=finished and (not reasons or bool(cfg.invalid_ok)))  # fmt: skip
+                     in_table=finished and (not reasons or bool(cfg.invalid_ok)), attempts=attempts[key])  # fmt: skip
         if not finished:
             c.reasons = [(run.data.tags.get("schedlab.error", c.status).strip().splitlines() or [c.status])[0][:300]]
         if c.in_table:
@@ -341,7 +344,7 @@ def _write_cells_csv(cells: list[CellData], status: dict, path: Path) -> None:
     pd.DataFrame(
         [{"cell": c.label, "key": c.key, "status": c.status, "valid": c.status == "FINISHED" and c.valid,
           "in_table": c.in_table, "reason": "; ".join(c.reasons), "compared": c.compared, "group": c.group,
-          "this_invocation": action.get(this_run.get(c.run_id), ""), "run_id": c.run_id,
+          "this_invocation": action.get(this_run.get(c.run_id), ""), "run_id": c.run_id, "attempts": c.attempts,
           "wall_s": round(float(c.summary.get("cell_wall_s", float("nan"))), 2), "coords": json.dumps(c.coords)}
          for c in cells]
     ).to_csv(path, index=False)  # fmt: skip

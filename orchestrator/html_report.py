@@ -54,12 +54,13 @@ TEMPLATE = """<!doctype html>
 {% endfor %}
 <h2 id="cells">Cells</h2>
 <table><tr><th class="l">cell</th><th class="l">status</th><th class="l">validity</th><th class="l">in table as</th>
-<th class="l">MLflow run</th></tr>
+<th class="l">MLflow run</th><th>runs</th></tr>
 {% for c in cells %}<tr class="{{ 'failed' if c.status != 'FINISHED' else ('invalid' if not c.valid else '') }}">
 <td class="l">{{ c.label }}</td><td class="l">{{ c.status }}</td>
 <td class="l">{{ 'valid' if c.status == 'FINISHED' and c.valid else '; '.join(c.reasons) }}</td>
 <td class="l">{{ (c.group ~ ' / ' ~ c.compared) if c.in_table else '(excluded)' }}</td>
-<td class="l">{% if c.run_id %}<a href="{{ ui }}/#/experiments/{{ experiment_id }}/runs/{{ c.run_id }}"><code>{{ c.run_id }}</code></a>{% endif %}</td></tr>
+<td class="l">{% if c.run_id %}<a href="{{ ui }}/#/experiments/{{ experiment_id }}/runs/{{ c.run_id }}"><code>{{ c.run_id }}</code></a>{% endif %}</td>
+<td title="runs of this cell in MLflow: disturbed, failed or interrupted attempts and re-runs included">{{ c.attempts }}</td></tr>
 {% endfor %}</table>
 <p class="meta">Run links open the MLflow UI at {{ ui }} (<code>mlflow ui --backend-store-uri {{ tracking_uri }}</code>).</p>
 </body></html>

@@ -69,6 +69,7 @@ class CellData:
     in_table: bool = False  # FINISHED and (valid or invalid_ok): set by the experiment
     compared: str = ""  # column label (label_cells)
     group: str = ""  # row-group label (label_cells)
+    attempts: int = 1  # runs of this cell in MLflow (disturbed, failed or killed ones and re-runs included)
 
     @property
     def valid(self) -> bool:

@@ -93,6 +93,7 @@ def test_cells_the_machine_disturbed_run_again_and_every_attempt_stays_recorded(
     _, runs = cell_runs(tmp_path / "lag")
     assert res.finished == 2 and res.table.empty and len(runs) == 6
     assert all(r.data.tags["schedlab.valid"] == "false" for r in runs)
+    assert list(pd.read_csv(res.results_dir / "cells.csv")["attempts"]) == [3, 3]
     # Failed requests are not the machine's doing: no retry.
     run([*BASE, f"results_dir={tmp_path}/failed", "validity.max_failed_fraction=-1", "validity.retries=2"])
     assert len(cell_runs(tmp_path / "failed")[1]) == 2
