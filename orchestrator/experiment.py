@@ -258,6 +258,16 @@ def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker
 
     cache: dict[str, tuple] = {}  # run id -> (records, time series) of this invocation's cells
     status: dict[str, tuple[str, str | None, float]] = {}  # key -> (status, run_id, wall_s)
+    _run_cells(cfg, by_key, todo, tracker, cache, status, console)
+    for key, run in done_runs.items():
+        status[key] = ("SKIPPED", run.info.run_id, 0.0)
+    return _report_grid(cfg, cells, tracker, parent_id, exp_dir, cache, status, len(done_runs), console)
+
+
+def _run_cells(cfg: DictConfig, by_key: dict[str, Cell], todo: list[CellSpec], tracker: Tracker, cache: dict,
+               status: dict, console: Console) -> None:  # fmt: skip
+    """Run ``todo`` on the backend, recording each cell as it ends; cells only the machine made invalid
+    run again, up to ``validity.retries`` times. On a signal: stop every server, mark open runs KILLED."""
     running: dict[str, tuple[str, object, float]] = {}  # key -> (run_id, progress task, t0)
     backend = make_backend(cfg)
     version = vllm_version()
@@ -292,9 +302,11 @@ def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker
         finally:
             backend.close()
 
-    for key, run in done_runs.items():
-        status[key] = ("SKIPPED", run.info.run_id, 0.0)
-    # The outputs cover every cell of the experiment in MLflow, not only this invocation's.
+
+def _report_grid(cfg: DictConfig, cells: list[Cell], tracker: Tracker, parent_id: str, exp_dir: Path, cache: dict,
+                 status: dict, num_skipped: int, console: Console) -> ExperimentResult:  # fmt: skip
+    """The comparison table, cells.csv and report.html over every cell of the experiment in MLflow
+    (not only this invocation's), the parent run's counts, and the closing lines."""
     all_cells = experiment_cells(tracker, cfg, [c.key for c in cells], cache)
     invalid = sum(1 for c in all_cells if c.run_id in cache and not c.valid)
     table = _report(cfg, tracker, all_cells, exp_dir, console)
@@ -304,14 +316,14 @@ def _run_grid(cfg: DictConfig, cells: list[Cell], specs: list[CellSpec], tracker
     failed = sum(1 for s, _, _ in status.values() if s == "FAILED")
     finished = sum(1 for s, _, _ in status.values() if s == "FINISHED")
     tracker.log_result(parent_id, {"cells_finished": finished, "cells_failed": failed,
-                                   "cells_skipped": len(done_runs)}, None)  # fmt: skip
-    tracker.end_parent("FAILED" if failed and not finished and not done_runs else "FINISHED")
+                                   "cells_skipped": num_skipped}, None)  # fmt: skip
+    tracker.end_parent("FAILED" if failed and not finished and not num_skipped else "FINISHED")
     console.print(
-        f"{finished} finished ({invalid} of them invalid), {failed} failed, {len(done_runs)} skipped. "
+        f"{finished} finished ({invalid} of them invalid), {failed} failed, {num_skipped} skipped. "
         f"Results in {exp_dir} (report.html)\n"
         f"MLflow UI: mlflow ui --backend-store-uri {tracker.tracking_uri}  (then open http://127.0.0.1:5000)"
     )
-    return ExperimentResult(finished, failed, len(done_runs), table, exp_dir, parent_id, tracker.tracking_uri)
+    return ExperimentResult(finished, failed, num_skipped, table, exp_dir, parent_id, tracker.tracking_uri)
 
 
 def _finish_cell(spec: CellSpec, outcome: object, started: tuple, tracker: Tracker, cfg: DictConfig, cache: dict,

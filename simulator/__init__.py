@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pandas as pd
 
@@ -28,6 +28,9 @@ from simulator.step_model import BatchShape, StepTimeModel
 from serving.engine import EngineLimits
 from workloads.records import RequestRecord
 from workloads.trace import Request as TraceRequest
+
+if TYPE_CHECKING:
+    from simulator.engine import LoopResult
 
 __all__ = [
     "simulate", "SimResult", "EngineLimits", "load_step_model", "StepTimeModel", "RooflineModel", "LinearModel",
@@ -89,7 +92,6 @@ def simulate(
     from serving.models import load_model_config
     from simulator.build import build_scheduler, engine_request_factory, materialize_prompts
     from simulator.engine import run_loop
-    from simulator.summary import summarize_sim
 
     start = time.perf_counter()
     engine = engine or EngineLimits()
@@ -119,6 +121,13 @@ def simulate(
     latencies = request_latencies(step_model, len(trace), seed)
     loop = run_loop(sched, trace, make_req, step_model, latencies=latencies, warm_num_tokens=warm_num_tokens,
                     noise=step_noise(step_model, seed), on_progress=on_progress, scheduling_cost=scheduling_cost)
+    return _sim_result(loop, trace[0].arrival_s if trace else 0.0, start)
+
+
+def _sim_result(loop: "LoopResult", first_arrival_s: float, start: float) -> SimResult:
+    """The loop's records, the summary under the real load generator's names, the step time series
+    (``start``: ``perf_counter()`` when ``simulate`` began)."""
+    from simulator.summary import summarize_sim
 
     ts = pd.DataFrame(
         {
@@ -129,7 +138,6 @@ def simulate(
         }
     )
     summary = summarize_sim(loop, ts)
-    first = trace[0].arrival_s if trace else 0.0
     return SimResult(
         records=loop.records,
         summary=summary,
@@ -137,7 +145,7 @@ def simulate(
         num_preemptions=loop.num_preemptions,
         wall_s=time.perf_counter() - start,
         num_steps=loop.num_steps,
-        sim_duration_s=loop.end_t_s - first,
+        sim_duration_s=loop.end_t_s - first_arrival_s,
     )
 
 
