@@ -25,13 +25,13 @@ from serving.paths import REPO_ROOT
 # KV-cache size (GiB) for the CPU build: vLLM's default memory fraction (0.92 of RAM) fails start-up
 # on a 24 GiB machine, and 1 GiB holds ~1M tokens of the tiny model.
 CPU_KVCACHE_GIB = "1"
-# On CPU, torch.compile warm-up doubles start-up (57 s -> 29 s measured on 2 cores) and changes
-# nothing a scheduling experiment looks at.
+# On CPU, torch.compile warm-up about doubles start-up and changes nothing a scheduling experiment
+# looks at (measurements: docs/experiments.md, "The CPU server's defaults").
 CPU_DEFAULT_ARGS = ("--enforce-eager",)
 # On CPU vLLM's default puts the model worker in its own process whose OpenMP thread is pinned to
 # one core while the engine core busy-polls for its results on the other, starving the API server
-# and the load generator on a 2-core machine (send-lag p99 100-580 ms, tokens arriving in bursts).
-# With the worker inside the engine-core process the same replay measured send-lag p99 1.3 ms.
+# and the load generator on a 2-core machine (late sends, tokens arriving in bursts); with the worker
+# inside the engine-core process they go away (docs/experiments.md, "The CPU server's defaults").
 CPU_DEFAULT_ENV = {"VLLM_CPU_KVCACHE_SPACE": CPU_KVCACHE_GIB, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 

@@ -42,7 +42,8 @@ def sweep_workload(seed: int = 0, *, sustained: bool = True) -> list[list[Reques
     Poisson mix batches prefill chunks with decodes of varied context; four sustained phases
     (gamma arrivals, cv 1.5, alternately 10 and 30 req/s, lognormal lengths; ~3.5 s each)
     sample steps over seconds of steady serving: on a shared 2-core machine the same batch shape
-    runs up to 2× slower in one 50-ms burst than in another, and only long phases average that."""
+    runs much slower in one short burst than in another, and only long phases average that
+    (docs/simulator.md, "Calibration")."""
     import numpy as np
 
     from workloads.synthetic import synthetic
@@ -118,7 +119,7 @@ def calibrate(
 
     ``extra_workloads`` (e.g. a held-out fidelity workload, measured on the same server start to
     save one start-up) are replayed in order between the measured sweep's phases, spread over its time:
-    on a shared machine the engine's speed drifts by up to ±20% over ~10 s, and interleaving lets
+    on a shared machine the engine's speed drifts over seconds (docs/simulator.md, "Fidelity"), and interleaving lets
     the fitted steps and the extra replays sample the same stretch of it. Returns their runs too,
     and the step log.
     """
@@ -129,8 +130,8 @@ def calibrate(
     for p in (*phases, *extra_workloads):
         materialize(p, model_dir, seed=seed)
     # The sweep is replayed twice and only the second pass is fitted: on a fresh server the CPU
-    # backend is still building kernels and buffers for batch shapes it has not seen (measured:
-    # decode steps of the cold sweep 20-60% slower than the same shapes later), and the simulator
+    # backend is still building kernels and buffers for batch shapes it has not seen (its decode
+    # steps run markedly slower than the same shapes later: docs/simulator.md), and the simulator
     # models a warm server. The warm-up pass has its own prompts (no prefix-cache hits) and leaves
     # out the long sustained phases (the fit's first-run term covers the shapes only they bring).
     quiet = sweep_workload(seed, sustained=False)  # phases[:len(quiet)]

@@ -4,8 +4,9 @@ One real-server start: calibrate on the sweep (``simulator.calibrate``), then re
 workload — different arrival process, lengths and seed than anything in the sweep — on the same
 server: once to warm it up, then ``HELDOUT_REPLAYS`` times (fresh prompts each time). The real
 metrics pool those replays (percentiles over all their requests, throughput over their summed
-durations): on a shared 2-core machine one replay's step times drift by up to ±20% with the
-machine's speed over ~10 s, which a single short replay cannot tell from a model error. The
+durations): on a shared 2-core machine one replay's step times drift with the machine's speed
+over seconds (docs/simulator.md, "Fidelity"), which a single short replay cannot tell from a model
+error. The
 simulator replays the same workload ``SIM_RUNS`` times (one seed each: front-end latencies and
 step noise) with the fitted profile and the engine limits the server reported, pooled the same way.
 """
@@ -23,8 +24,8 @@ from workloads.trace import Request
 SERVER_ARGS = ("--max-num-seqs", "32", "--max-num-batched-tokens", "1024", "--num-gpu-blocks-override", "40")
 METRICS = ("output_token_throughput", "ttft_ms_p50", "ttft_ms_p90", "tpot_ms_p50", "server_num_preemptions")
 HELDOUT_REPLAYS = 5
-# Simulated runs pooled (one seed each: front-end latency draws and step noise). A sim run takes
-# ~0.15 s, so many runs make the sim side of the comparison its expected value.
+# Simulated runs pooled (one seed each: front-end latency draws and step noise). A sim run is
+# cheap, so many runs make the sim side of the comparison its expected value.
 SIM_RUNS = 12
 
 

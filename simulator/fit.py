@@ -55,10 +55,10 @@ def fit_profile(runs: Sequence[RealRun], step_log: str | Path, *, name: str, met
 
     Front-end latencies and step noise come from the phases with timed arrivals (the Poisson mix
     and the sustained phases: the load an experiment puts on a server): per phase, then the
-    median of each quantile over phases. Single requests (cold code paths: out-latency 5-7 ms
-    against ~1.5 ms under load) and simultaneous bursts (API-server queueing) are not what a
-    replayed trace sees, and the median over phases keeps one phase that a machine stall hit
-    (measured: 10x the usual latencies, sim TTFT p90 2.4x the real one) from setting the tail."""
+    median of each quantile over phases. Single requests (cold code paths: slower out-latency) and
+    simultaneous bursts (API-server queueing) are not what a replayed trace sees, and the median
+    over phases keeps one phase that a machine stall hit from setting the tail (measurements:
+    docs/simulator.md, "Front-end latency")."""
     config, adds, steps = read_step_log(step_log)
     if windows is None:
         windows = [(float("-inf"), float("inf"))] * len(runs)
@@ -92,10 +92,10 @@ def fit_step_noise(ratio_runs: Sequence[np.ndarray], window: int = 41,
 
     Drift: what matters to a queue is how slow a stretch of steps is, so the variance of the mean
     log ratio over ``spans`` consecutive steps is fitted as jitter/k + drift·g(phi, k) (g: the
-    mean of phi^|i-j| over a k-step window), least squares in relative terms over a grid of phi.
-    On the CPU box: drift sd ≈ 0.15, phi ≈ 0.99 (a 100-step stretch runs 15-20% slow one time in
-    ten). Jitter: each ratio divided by the running median of its ``window`` neighbours (the local
-    speed), quantiles at ``NOISE_PROBS``; scaled so that a step's expected multiplier is 1."""
+    mean of phi^|i-j| over a k-step window), least squares in relative terms over a grid of phi
+    (values fitted on the CPU box: docs/simulator.md, "Step noise"). Jitter: each ratio divided by
+    the running median of its ``window`` neighbours (the local speed), quantiles at
+    ``NOISE_PROBS``; scaled so that a step's expected multiplier is 1."""
     from simulator.noise import NOISE_PROBS
 
     runs = [np.asarray(r, dtype=float) for r in ratio_runs if len(r)]

@@ -64,11 +64,10 @@ class LinearModel:
         one-off stalls: steps more than ``trim_sigmas`` robust standard deviations (1.4826·MAD of
         the residuals) from the fit are left out and the fit repeated. Those are not a function of
         the batch shape — the CPU backend building kernels for a batch shape it sees for the first
-        time (a 2-decode step of 48 ms, a 400-token prefill of 220 ms against ~10 ms warm), the OS
-        descheduling the engine — and a few of them dominate a plain least-squares fit (r² 0.18 on
-        a sweep whose typical steps a 5-term line fits with r² 0.8). The threshold is loose on
-        purpose: the ordinary contention tail (steps 2× the median while the API server streams)
-        stays in, so the model's mean step time stays the server's.
+        time, the OS descheduling the engine — and a few of them dominate a plain least-squares fit
+        (docs/simulator.md, "Step-time models"). The threshold is loose on purpose: the ordinary
+        contention tail (slow steps while the API server streams) stays in, so the model's mean
+        step time stays the server's.
 
         ``arrivals`` (requests that reached the engine during each step) and ``new_shape`` (the
         step's token count ran for the first time) fit ``c5`` and ``c6``; without them both stay 0."""

@@ -26,8 +26,8 @@ def request_latencies(model: StepTimeModel, n: int, seed: int):
 
 
 # Probabilities at which a profile stores its step-jitter quantiles: every percent, then finer in
-# the tail, where one-in-a-thousand stalls of 5-30x live (evenly spaced points up to the maximum
-# would give the single slowest step measured half a percent of all steps).
+# the tail, where rare stalls of many times the usual step live (evenly spaced points up to the
+# maximum would give the single slowest step measured half a percent of all steps; docs/simulator.md).
 NOISE_PROBS = tuple([k / 100 for k in range(100)] + [0.99 + k / 1000 for k in range(1, 10)] + [0.9995, 0.9999, 1.0])
 
 
@@ -37,9 +37,8 @@ class StepNoise:
     step: the machine's speed wandering over tens of steps); the jitter is independent per step,
     drawn from the measured quantiles (``noise_quantiles`` at ``noise_probs``), so its rare
     stalls stay isolated as the real ones are. Mean 1: the expected step time stays the fitted
-    one; what changes is the spread a queue sees (on the 2-core CPU box the median step runs at
-    ~0.85-0.9x the fitted mean and one in a hundred at ~2x), which queueing turns into TTFT tail
-    the mean alone cannot produce."""
+    one; what changes is the spread a queue sees (measured on the CPU box: docs/simulator.md,
+    "Step noise"), which queueing turns into TTFT tail the mean alone cannot produce."""
 
     def __init__(self, quantiles: Sequence[float], probs: Sequence[float], phi: float, drift_sd: float, seed: int,
                  chunk: int = 4096) -> None:  # fmt: skip

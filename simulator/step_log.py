@@ -85,8 +85,8 @@ def engine_ready_times(adds: list[dict], steps: list[dict], idle_gap_s: float = 
     boundaries), so the front-end latency must not contain it too. A request added more than
     ``idle_gap_s`` after the last step ended found the engine idle: its add time is its ready
     time. For the others: the API server's timestamp (``t - front``) plus the API → scheduler
-    transit measured on the idle ones that came alone (median; ~1.5 ms on 2 cores: ZMQ,
-    decoding, block hashes)."""
+    transit measured on the idle ones that came alone (median: ZMQ, decoding, block hashes; its
+    size is in docs/simulator.md, "Front-end latency")."""
     import bisect
 
     ends = [s["t3"] for s in steps]
@@ -95,7 +95,7 @@ def engine_ready_times(adds: list[dict], steps: list[dict], idle_gap_s: float = 
         i = bisect.bisect_right(ends, a["t"]) - 1
         idle.append(i < 0 or a["t"] - ends[i] > idle_gap_s)
     # Transit from requests that came alone: the head of a burst waits while the API server
-    # takes in the rest of the burst (measured 10-17 ms against ~1.5 ms alone).
+    # takes in the rest of the burst (several times the transit alone; docs/simulator.md).
     ts = [a["t"] for a in adds]
     alone = [(j == 0 or ts[j] - ts[j - 1] > 5e-3) and (j + 1 == len(ts) or ts[j + 1] - ts[j] > 5e-3) for j in range(len(ts))]
     fronts = [a["front"] for a, quiet, lone in zip(adds, idle, alone) if quiet and lone and "front" in a]

@@ -15,16 +15,15 @@ seconds of virtual time. Two models:
 - ``LinearModel``: ``t = c0 + c1·prefill_tokens + c2·decode_tokens + c3·Σcontext (+ c4·[step has
   a prefill chunk])``, fitted by least squares to per-step timings of a real server
   (``python -m simulator.calibrate``). The optional ``c4`` is a fixed extra cost of steps that run
-  any prefill (another attention path, prompt-side bookkeeping): on vLLM's CPU backend a 48-token
-  prefill step takes ~6 ms against ~2 ms for a one-request decode step, which ``c0..c3`` alone
-  cannot express.
+  any prefill (another attention path, prompt-side bookkeeping), which ``c0..c3`` alone cannot
+  express (its size on vLLM's CPU backend: docs/simulator.md, "Step-time models").
 
 Two optional terms depend on the engine's state rather than on the batch, so the simulation loop
 applies them (``cycle_time`` below): ``arrival_s`` per request reaching the engine while the step
 runs (the API server and the engine's input thread take CPU from the forward pass on a machine
 whose cores they share) and ``new_shape_s_per_token`` per scheduled token of a step whose token
-count the engine has never run before (vLLM's CPU backend builds kernels per shape: measured 2×
-the per-token cost of a shape seen before). Both are 0 for the roofline presets.
+count the engine has never run before (vLLM's CPU backend builds kernels per shape; measured in
+docs/simulator.md). Both are 0 for the roofline presets.
 
 Both also carry the fixed client-side latencies a real server adds outside engine steps
 (HTTP, tokenization, detokenization, streaming): ``request_latency_in_s`` from the client's send to

@@ -48,7 +48,7 @@ _JSON = {"Content-Type": "application/json"}
 
 
 def _encode_bodies(model: str, reqs: Sequence[Request]) -> list[bytes | str]:
-    """JSON bodies built before the clock starts (a long prompt takes ~1 ms to encode); str = error."""
+    """JSON bodies built before the clock starts (encoding a long prompt would delay its send); str = error."""
     out: list[bytes | str] = []
     for r in reqs:
         try:
