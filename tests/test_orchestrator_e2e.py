@@ -40,9 +40,7 @@ def orchestrate(results: Path, *overrides: str, timeout: float = 600) -> subproc
 @pytest.fixture(scope="module")
 def grid_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
-    t0 = time.monotonic()
-    proc = orchestrate(results, CRASH_CELLS)
-    return results, proc, time.monotonic() - t0
+    return results, orchestrate(results, CRASH_CELLS)
 
 
 def _client(results: Path) -> tuple[MlflowClient, str]:
@@ -55,8 +53,8 @@ def _cell_runs(client, exp_id):
 
 
 def test_grid_records_finished_and_failed_cells(grid_run):
-    results, proc, wall = grid_run
-    print(proc.stdout[-3000:], proc.stderr[-3000:], f"wall {wall:.0f} s", sep="\n")
+    results, proc = grid_run
+    print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
     assert proc.returncode == 1, "exit code 1: the grid ran, one cell failed"
     client, exp_id = _client(results)
     runs = _cell_runs(client, exp_id)
@@ -102,7 +100,7 @@ def test_grid_records_finished_and_failed_cells(grid_run):
 
 
 def test_comparison_outputs_on_disk(grid_run):
-    results, proc, _ = grid_run
+    results, proc = grid_run
     table = pd.read_csv(results / "sjf_vs_fcfs" / "comparison.csv")
     assert list(table["policy"]) == ["fcfs", "sjf"]
     assert table.loc[table.policy == "fcfs", "ttft_ms_p50_delta_pct"].iloc[0] == 0
@@ -110,17 +108,25 @@ def test_comparison_outputs_on_disk(grid_run):
     assert "ttft_ms_p99" in proc.stdout and "fcfs" in proc.stdout and "sjf" in proc.stdout
 
 
+def _server_logs(results: Path) -> dict[Path, tuple[int, int, int]]:
+    """Every server log under the results (a started server writes its cell's ``server.log`` anew)."""
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in results.rglob("server.log")}
+
+
 def test_rerun_resumes_without_starting_servers(grid_run):
-    results, _, first_wall = grid_run
+    results, _ = grid_run
     client, exp_id = _client(results)
     before = len(_cell_runs(client, exp_id))
-    t0 = time.monotonic()
+    logs = _server_logs(results)
+    # fcfs, sjf and the cell that failed at start-up each wrote one in its cell directory
+    assert len([p for p in logs if p.parent.parent.name == "cells"]) == 3, sorted(logs)
     proc = orchestrate(results, GOOD_CELLS)
-    wall = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 to run, 2 already FINISHED" in proc.stdout
+    # No server started: no new server log, none rewritten, no server process of these results.
+    assert _server_logs(results) == logs
+    assert _server_pids(str(results / "models")) == []
     assert len(_cell_runs(client, exp_id)) == before
-    assert wall < first_wall / 2, (wall, first_wall)
     assert pd.read_csv(results / "sjf_vs_fcfs" / "comparison.csv").shape[0] == 2
 
 
@@ -185,9 +191,8 @@ def test_cell_timeout_fails_the_cell_and_stops_its_server(tmp_path):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["backend.cell_timeout_s=4"])
     spec = CellSpec("k", "timeout", OmegaConf.to_container(cfg, resolve=True), [], str(tmp_path / "cell"))
-    t0 = time.monotonic()
     with pytest.raises(CellFailed, match="timed out") as e:
         CellRunner().run(spec, NullProgress(), tmp_path / "models")
-    assert time.monotonic() - t0 < 30
-    assert Path(e.value.log_path).exists()
+    # stopped while starting (a tiny server takes ~20 s to start here), by its own log
+    assert "Application startup complete" not in Path(e.value.log_path).read_text(errors="replace")
     assert _server_pids(str(tmp_path / "models")) == []
