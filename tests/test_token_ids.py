@@ -40,3 +40,14 @@ def test_the_fake_forward_pass_samples_the_models_eos_last(tmp_path):
     assert list(stops.output_token_ids) == list(ignores.output_token_ids) == [3, 3, 3, 7]
     assert stops.status == RequestStatus.FINISHED_STOPPED
     assert ignores.status == RequestStatus.FINISHED_LENGTH_CAPPED
+
+
+def test_prompts_use_the_tokenizers_ordinary_ids(tiny_model_dir):
+    from tokenizers import Tokenizer, models
+
+    from workloads.prompts import load_tokenizer, ordinary_ids
+
+    assert ordinary_ids(load_tokenizer(tiny_model_dir)) == (3, 512)  # <unk>, <s>, </s> first
+    tail = Tokenizer(models.WordLevel({"a": 0, "b": 1, "c": 2}, unk_token="a"))
+    tail.add_special_tokens(["<|end|>", "<|pad|>"])  # ids 3, 4: special tokens at the end, as Llama 3's
+    assert ordinary_ids(tail) == (0, 3)

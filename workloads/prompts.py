@@ -14,8 +14,6 @@ import numpy as np
 
 from workloads.trace import MOONCAKE_BLOCK_TOKENS, Request
 
-FIRST_ID = 3  # 0 <unk>, 1 <s>, 2 </s> are special in our tokenizers; never put them in a prompt
-
 
 def load_tokenizer(model_dir: str | Path):
     """``tokenizers.Tokenizer`` from ``model_dir/tokenizer.json`` (or a tokenizer.json path)."""
@@ -31,19 +29,32 @@ def load_tokenizer(model_dir: str | Path):
     return Tokenizer.from_file(str(path))
 
 
+def ordinary_ids(tok) -> tuple[int, int]:
+    """``[low, high)``: the vocabulary without the special tokens at its start or end, which a
+    synthetic prompt must never contain (ours: ``<unk>``, ``<s>``, ``</s>`` = 0, 1, 2 -> [3, vocab))."""
+    special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    low, high = 0, tok.get_vocab_size()
+    while low in special:
+        low += 1
+    while high - 1 in special and high > low:
+        high -= 1
+    return low, high
+
+
 def _rng(seed: int, kind: int, key: int) -> np.random.Generator:
     return np.random.default_rng([seed & 0xFFFFFFFF, kind, key & 0xFFFFFFFFFFFF])
 
 
 def materialize(requests: list[Request], model_dir: str | Path, seed: int = 0) -> None:
-    """Fill ``prompt_token_ids`` in place with exactly ``prompt_len`` ids in ``[3, vocab)``."""
+    """Fill ``prompt_token_ids`` in place with exactly ``prompt_len`` ordinary ids of the model
+    directory's tokenizer (``ordinary_ids``)."""
     tok = load_tokenizer(model_dir)
-    vocab = tok.get_vocab_size()
+    low, high = ordinary_ids(tok)
     blocks: dict[int, np.ndarray] = {}
 
     def block(h: int) -> np.ndarray:
         if h not in blocks:
-            blocks[h] = _rng(seed, 0, h).integers(FIRST_ID, vocab, MOONCAKE_BLOCK_TOKENS)
+            blocks[h] = _rng(seed, 0, h).integers(low, high, MOONCAKE_BLOCK_TOKENS)
         return blocks[h]
 
     for r in requests:
@@ -56,6 +67,6 @@ def materialize(requests: list[Request], model_dir: str | Path, seed: int = 0) -
         have = sum(len(p) for p in parts)
         if have < r.prompt_len:
             key = zlib.crc32(r.request_id.encode())
-            parts.append(_rng(seed, 1, key).integers(FIRST_ID, vocab, r.prompt_len - have))
+            parts.append(_rng(seed, 1, key).integers(low, high, r.prompt_len - have))
         ids = np.concatenate(parts)[: r.prompt_len] if parts else np.zeros(0, dtype=np.int64)
         r.prompt_token_ids = ids.tolist()
