@@ -125,6 +125,9 @@ class SimBackendConfig(BackendConfig):
 
     step_model: str = "roofline:h100"  # e.g. "linear:cpu_tiny" (simulator/profiles/)
     scheduling_cost: bool = False  # add the measured CPU time of the scheduler to each step
+    # As a real cell's warm-up replay: a step model with a first-run cost per step shape
+    # (linear:cpu_tiny) then models a warm server, the one real cells measure. No effect on rooflines.
+    warmup_replay: bool = True
 
 
 BACKEND_SCHEMAS = {"vllm_local": VLLMLocalBackendConfig, "vllm_ray": VLLMRayBackendConfig, "sim": SimBackendConfig}

@@ -61,6 +61,7 @@ def simulate(
     engine: EngineLimits | None = None,
     seed: int = 0,
     warm_num_tokens: Iterable[int] = (),
+    warmup_replay: bool = False,
     on_progress: Callable[[int, int], None] | None = None,
     scheduling_cost: bool = False,
 ) -> SimResult:
@@ -79,7 +80,10 @@ def simulate(
 
     ``warm_num_tokens``: step token counts the simulated server has already run, for a profile
     with a first-run cost per shape (``LinearModel.c6``, vLLM's CPU backend); by default the server
-    is as freshly started, as every real experiment cell's is.
+    is as freshly started. ``warmup_replay=True`` first replays the workload once on a fresh
+    scheduler and carries the token counts it ran into the measured replay, as a real cell's
+    warm-up replay does (``backend.warmup_replay``); it costs a second simulation only for such a
+    profile.
 
     ``scheduling_cost=True`` adds the measured CPU time of each ``schedule()`` +
     ``update_from_output()`` (policy and allocator included) to the simulated step, so an expensive
@@ -108,17 +112,24 @@ def simulate(
         max_model_len = int(model_cfg.get("max_position_embeddings", 4096))
 
     trace = sorted(materialize_prompts(requests, model_dir, seed=seed), key=lambda r: r.arrival_s)
-    sched = build_scheduler(
-        model_dir, policy=policy, policy_args=policy_args, allocator=allocator,
-        allocator_args=allocator_args, block_size=block_size, num_blocks=num_gpu_blocks,
-        max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens,
-        max_model_len=max_model_len, enable_prefix_caching=engine.enable_prefix_caching,
-        enable_chunked_prefill=engine.enable_chunked_prefill,
-        long_prefill_token_threshold=engine.long_prefill_token_threshold,
-    )  # fmt: skip
+    def new_scheduler():
+        return build_scheduler(
+            model_dir, policy=policy, policy_args=policy_args, allocator=allocator,
+            allocator_args=allocator_args, block_size=block_size, num_blocks=num_gpu_blocks,
+            max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens,
+            max_model_len=max_model_len, enable_prefix_caching=engine.enable_prefix_caching,
+            enable_chunked_prefill=engine.enable_chunked_prefill,
+            long_prefill_token_threshold=engine.long_prefill_token_threshold,
+        )  # fmt: skip
+
+    sched = new_scheduler()
     make_req = engine_request_factory(block_size=block_size, max_model_len=max_model_len,
                                       eos_token_id=token_ids(sched.vllm_config.model_config).eos)
     latencies = request_latencies(step_model, len(trace), seed)
+    if warmup_replay and getattr(step_model, "new_shape_s_per_token", 0.0):
+        warm = run_loop(new_scheduler(), trace, make_req, step_model, latencies=latencies,
+                        warm_num_tokens=warm_num_tokens, noise=step_noise(step_model, seed))
+        warm_num_tokens = warm.num_tokens_run
     loop = run_loop(sched, trace, make_req, step_model, latencies=latencies, warm_num_tokens=warm_num_tokens,
                     noise=step_noise(step_model, seed), on_progress=on_progress, scheduling_cost=scheduling_cost)
     return _sim_result(loop, trace[0].arrival_s if trace else 0.0, start)

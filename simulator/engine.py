@@ -47,6 +47,7 @@ class LoopResult:
     prefix_cache_queries: int
     prefix_cache_hits: int
     end_t_s: float
+    num_tokens_run: set[int] = field(default_factory=set)  # step token counts the server has run (warm-up included)
 
 
 def run_loop(
@@ -226,7 +227,7 @@ class VirtualEngine:
     def result(self) -> LoopResult:
         records = sorted(self.records, key=lambda rec: (rec.scheduled_send_s, rec.request_id))
         return LoopResult(records, self.log, self.num_preemptions, self.num_steps, self.pc_queries, self.pc_hits,
-                          self.t)  # fmt: skip
+                          self.t, self.seen_num_tokens)  # fmt: skip
 
 
 def _record(tr: TraceRequest, times: list[float], lat_out: float, *, status: int = 200,

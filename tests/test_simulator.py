@@ -145,6 +145,9 @@ def test_first_run_of_a_token_count_costs_once_and_warm_counts_do_not(tiny):
     plain, cold, warm = ttft(base), ttft(slow_first), ttft(slow_first, warm_num_tokens={1, 100})
     assert cold[0] == pytest.approx(plain[0] + 0.01) and cold[1:] == pytest.approx(plain[1:])
     assert warm == pytest.approx(plain)
+    # A warm-up replay of the same workload runs the 100-token prefill and the 1-token decodes first.
+    assert ttft(slow_first, warmup_replay=True) == pytest.approx(plain)
+    assert ttft(base, warmup_replay=True) == pytest.approx(plain)  # no first-run cost: nothing to warm
 
 
 def test_requests_arriving_during_a_step_slow_it(tiny):

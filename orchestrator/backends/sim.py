@@ -3,7 +3,9 @@
 Same records, summary names and time series as ``vllm_local``, in seconds instead of minutes.
 ``backend.step_model`` picks the step-time model: ``roofline:h100`` (default), ``roofline:a100``,
 ``linear:cpu_tiny`` (a profile under simulator/profiles/), ... ``backend.scheduling_cost=true`` adds
-the measured CPU time of vLLM's ``schedule()`` + ``update_from_output()`` to each simulated step.
+the measured CPU time of vLLM's ``schedule()`` + ``update_from_output()`` to each simulated step;
+``backend.warmup_replay`` (on, as for real cells) warms the simulated server for a profile with a
+first-run cost per step shape.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class SimBackend(Backend):
             engine=EngineConfig.of(cfg.engine).limits(),
             seed=cfg.seed,
             scheduling_cost=cfg.backend.scheduling_cost,
+            warmup_replay=cfg.backend.warmup_replay,
             on_progress=lambda done, n: progress.requests(done, total, 0),
         )
         # Client metrics with the cell's SLOs (as vllm_local does), server_* from the simulation.
