@@ -118,10 +118,10 @@ def calibrate(
     """Start a timed server, replay the sweep, fit.
 
     ``extra_workloads`` (e.g. a held-out fidelity workload, measured on the same server start to
-    save one start-up) are replayed in order between the measured sweep's phases, spread over its time:
-    on a shared machine the engine's speed drifts over seconds (docs/simulator.md, "Fidelity"), and interleaving lets
-    the fitted steps and the extra replays sample the same stretch of it. Returns their runs too,
-    and the step log.
+    save one start-up) are replayed in order between the measured sweep's phases, spread over its
+    time: on a shared machine the engine's speed drifts over seconds (docs/simulator.md,
+    "Fidelity"), and interleaving lets the fitted steps and the extra replays sample the same
+    stretch of it. Returns their runs too, and the step log.
     """
     from serving.server import VLLMServer
     from workloads.prompts import materialize
@@ -129,16 +129,7 @@ def calibrate(
     phases = sweep_workload(seed)
     for p in (*phases, *extra_workloads):
         materialize(p, model_dir, seed=seed)
-    # The sweep is replayed twice and only the second pass is fitted: on a fresh server the CPU
-    # backend is still building kernels and buffers for batch shapes it has not seen (its decode
-    # steps run markedly slower than the same shapes later: docs/simulator.md), and the simulator
-    # models a warm server. The warm-up pass has its own prompts (no prefix-cache hits) and leaves
-    # out the long sustained phases (the fit's first-run term covers the shapes only they bring).
-    quiet = sweep_workload(seed, sustained=False)  # phases[:len(quiet)]
-    warmup = [[dataclasses.replace(r, request_id="w" + r.request_id, prompt=None, prompt_token_ids=None) for r in p]
-              for p in quiet]  # fmt: skip
-    for p in warmup:
-        materialize(p, model_dir, seed=seed + 1)
+    warmup = _warmup_phases(model_dir, seed)
     log = Path(tempfile.mkdtemp(prefix="schedlab-calib-")) / "steps.jsonl"
     import policies
 
@@ -148,21 +139,46 @@ def calibrate(
     with VLLMServer(model_dir, extra_args=args, env={ENV_VAR: str(log)}) as server:
         for p in warmup:
             replay_with_clock(server.url, server.model_name, p)
-        # Extra workload j goes after the phase where (j+1)/(m+1) of the sweep's time has passed.
-        ends = np.cumsum([max(r.arrival_s for r in p) + 0.5 for p in phases])
-        after = [int(np.searchsorted(ends, (j + 1) / (len(extra_workloads) + 1) * ends[-1])) + 1
-                 for j in range(len(extra_workloads))]  # fmt: skip
-        sweep_runs, extra_runs, windows = [], [], []
-        for i, p in enumerate(phases, 1):
-            start = time.perf_counter()
-            sweep_runs.append(replay_with_clock(server.url, server.model_name, p))
-            windows.append((start, time.perf_counter()))
-            extra_runs += [replay_with_clock(server.url, server.model_name, w) for w, a in zip(extra_workloads, after) if a == i]
+        sweep_runs, extra_runs, windows = _replay_interleaved(server, phases, extra_workloads)
         time.sleep(0.5)  # the step log is flushed when the engine goes idle
     meta = {"model_dir": str(model_dir), "server_args": list(server_args), "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "num_requests": sum(len(p) for p in phases)}  # fmt: skip
     profile = fit_profile(sweep_runs, log, name=name, meta=meta, windows=windows)
     return Calibration(profile, extra_runs, log, sweep_runs)
+
+
+def _warmup_phases(model_dir: str | Path, seed: int) -> list[list[Request]]:
+    """The sweep's quiet phases again, with their own prompts, replayed unmeasured first.
+
+    Only the second pass is fitted: on a fresh server the CPU backend is still building kernels and
+    buffers for batch shapes it has not seen (its decode steps run markedly slower than the same
+    shapes later: docs/simulator.md), and the simulator models a warm server. Own prompts: no
+    prefix-cache hits with the measured pass; no sustained phases: the fit's first-run term covers
+    the shapes only they bring."""
+    from workloads.prompts import materialize
+
+    quiet = sweep_workload(seed, sustained=False)  # phases[:len(quiet)]
+    warmup = [[dataclasses.replace(r, request_id="w" + r.request_id, prompt=None, prompt_token_ids=None) for r in p]
+              for p in quiet]  # fmt: skip
+    for p in warmup:
+        materialize(p, model_dir, seed=seed + 1)
+    return warmup
+
+
+def _replay_interleaved(server, phases: list[list[Request]], extra_workloads: Sequence[list[Request]]):
+    """Replay the sweep's phases, each extra workload after the phase where its share of the sweep's
+    time has passed (workload j of m: (j+1)/(m+1)); return the sweep's runs, the extra runs and
+    each phase's (start, end) window on the step log's clock."""
+    ends = np.cumsum([max(r.arrival_s for r in p) + 0.5 for p in phases])
+    after = [int(np.searchsorted(ends, (j + 1) / (len(extra_workloads) + 1) * ends[-1])) + 1
+             for j in range(len(extra_workloads))]  # fmt: skip
+    sweep_runs, extra_runs, windows = [], [], []
+    for i, p in enumerate(phases, 1):
+        start = time.perf_counter()
+        sweep_runs.append(replay_with_clock(server.url, server.model_name, p))
+        windows.append((start, time.perf_counter()))
+        extra_runs += [replay_with_clock(server.url, server.model_name, w) for w, a in zip(extra_workloads, after) if a == i]
+    return sweep_runs, extra_runs, windows
 
 
 def main(argv: Sequence[str] | None = None) -> None:
