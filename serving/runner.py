@@ -152,6 +152,7 @@ class CellRunner:
         timer.daemon = True
         self.server = server
         gone = threading.Event()  # the server process exited: the replay stops sending
+        phase = "start-up"
         try:
             if self.stopped.is_set():
                 raise KeyboardInterrupt("stopped before start")
@@ -166,10 +167,12 @@ class CellRunner:
             threading.Thread(target=_watch_exit, args=(server, gone), daemon=True).start()
             warm = []
             if be.get("warmup_replay", False):
-                progress.phase("warm-up replay")
+                phase = "warm-up replay"
+                progress.phase(phase)
                 warm = replay(server.url, server.model_name, warmup_copies(spec.requests),
                               request_timeout_s=be.request_timeout_s, abort=gone)  # fmt: skip
                 self._check_server(server, log_path, info, "warm-up replay", _as_warmup(warm))
+            phase = "replay"
             progress.phase("replaying")
             result = replay_with_server_metrics(
                 server.url, server.model_name, spec.requests,
@@ -189,8 +192,8 @@ class CellRunner:
             if self.stopped.is_set():
                 raise KeyboardInterrupt("cell stopped") from e
             if not server.is_alive():
-                raise CellFailed(f"{self._died(server, log_path)}\n(replay: {type(e).__name__}: {e})", str(log_path),
-                                 info=info) from e
+                raise CellFailed(f"{self._died(server, log_path, phase)}\n({phase}: {type(e).__name__}: {e})",
+                                 str(log_path), info=info) from e
             raise CellFailed(f"{type(e).__name__}: {e}\n{server.log_tail()}", str(log_path), info=info) from e
         finally:
             gone.set()  # also ends the watcher

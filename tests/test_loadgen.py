@@ -41,11 +41,13 @@ def test_open_loop_sends_on_schedule_without_waiting():
         arrivals = np.asarray(_stats(srv.url)["arrivals"])
     assert all(r.ok and r.output_tokens == 3 and len(r.itl_s) == 2 for r in recs)
     lags = np.asarray([r.actual_send_s - r.scheduled_send_s for r in recs])
-    assert lags.min() >= 0 and np.percentile(lags, 99) < 0.02
+    # A loop that waited for responses would send each request >= 300 ms after the one before it: the
+    # median lag would reach seconds. (The median, not p99: a pause of this busy machine may delay a few.)
+    assert lags.min() >= 0 and np.median(lags) < 0.02
     assert _max_overlap(recs) > 20  # many in flight at once
     server_gaps = np.diff(np.sort(arrivals))
     trace_gaps = np.diff([r.arrival_s for r in reqs])
-    assert abs(server_gaps.sum() - trace_gaps.sum()) < 0.05
+    assert abs(server_gaps.sum() - trace_gaps.sum()) < 0.25  # ~0.6 s of arrivals, vs >= 18 s if it waited
     assert all(r.ttft_s >= 0.3 and r.ttft_s < r.e2e_s for r in recs)
 
 
