@@ -284,6 +284,7 @@ def cache(cells: Sequence[CellData], cfg: DictConfig, exp_dir: Path, console: Co
         sub = [c for c in cells if coord(c, "workload") == workload]
         groups = by_seed(sub, lambda c: f"{coord(c, 'policy')}+{coord(c, 'allocator.args.eviction')}")
         for r in _ratio_rows(groups, "fcfs+lru", metrics, {"server_prefix_cache_hit_rate": "higher (SGLang: LPM > FCFS)"}):
+            r["paper"] = r["paper"] if r["comparison"].startswith("lpm") else ""  # eviction: no paper number
             r["comparison"] = f"{workload}: {r['comparison']}"
             rows.append(r)
     return write_rows(rows, exp_dir, "Cache-aware ordering and eviction vs FCFS + LRU", console)

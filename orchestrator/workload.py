@@ -21,6 +21,10 @@ from workloads.trace import Request
 
 
 
+# Seeded generators (the rest of ``workload.loader`` names trace formats of workloads.LOADERS).
+GENERATORS: dict[str, Callable[..., list[Request]]] = {"synthetic": workloads.synthetic, "multi_turn": workloads.multi_turn}
+
+
 class WorkloadConfigError(ValueError):
     pass
 
@@ -46,7 +50,7 @@ def load_requests(w: DictConfig, seed: int, model_dir: str | Path | None, max_mo
     args = OmegaConf.to_container(w.args, resolve=True) or {}
     if w.num_requests is not None and w.num_requests < 0:
         raise WorkloadConfigError(f"workload.num_requests: must be >= 0, got {w.num_requests}")
-    if w.loader == "synthetic":
+    if w.loader in GENERATORS:
         kwargs = {
             "num_requests": w.num_requests if w.num_requests is not None else 100,
             "rate": w.rate if w.rate is not None else math.inf,
@@ -57,8 +61,8 @@ def load_requests(w: DictConfig, seed: int, model_dir: str | Path | None, max_mo
         for k in args:
             if k in kwargs:
                 raise WorkloadConfigError(f"workload.args.{k}: set it as workload.{k} instead")
-        _check_kwargs(workloads.synthetic, args, "workload.args (synthetic)")
-        trace = workloads.synthetic(**kwargs, **args)
+        _check_kwargs(GENERATORS[w.loader], args, f"workload.args ({w.loader})")
+        trace = GENERATORS[w.loader](**kwargs, **args)
     elif w.loader in LOADERS:
         path = resolve_path(w.path) if w.path else SAMPLES.get(w.loader)
         if path is None:
@@ -77,9 +81,9 @@ def load_requests(w: DictConfig, seed: int, model_dir: str | Path | None, max_mo
             trace = workloads.with_rate(trace, w.rate, arrival=w.arrival, cv=w.cv, seed=seed)
     else:
         raise WorkloadConfigError(
-            f"workload.loader: unknown loader {w.loader!r}; known: synthetic, {', '.join(sorted(LOADERS))}"
+            f"workload.loader: unknown loader {w.loader!r}; known: {', '.join(sorted(GENERATORS) + sorted(LOADERS))}"
         )
-    if w.loader == "synthetic" and w.duration_s is not None:
+    if w.loader in GENERATORS and w.duration_s is not None:
         trace = workloads.truncate(trace, None, w.duration_s)
     if w.time_scale is not None:
         trace = workloads.time_scale(trace, w.time_scale)

@@ -79,6 +79,17 @@ def test_longest_prefix_first_raises_the_prefix_cache_hit_rate(results):
     assert rows[("shared_history: lpm+lru vs fcfs+lru", "server_prefix_cache_hit_rate")] > 1.2
 
 
+def test_lru_keeps_a_revisited_conversation_history_that_fifo_evicts(results):
+    # Multi-turn chat with a KV cache smaller than the conversations in flight. Turn k of a
+    # conversation hits its history only if the history's first block survived since it was
+    # last needed. LRU measures that age from the last turn (every hit refreshes the blocks);
+    # FIFO from when the block was first written, so a long conversation's oldest blocks, hit
+    # on every turn, are FIFO's first victims and the whole prefix misses.
+    out = run("repro_cache", results, ["grid.workload=[multi_turn]", "workload.num_requests=150", "grid.seed=[0]"])
+    rows = pd.read_csv(out / "reproduction.csv").set_index(["comparison", "metric"]).ratio
+    assert rows[("multi_turn: fcfs+fifo vs fcfs+lru", "server_prefix_cache_hit_rate")] < 0.95, rows
+
+
 def test_andes_preempts_a_request_far_ahead_of_its_reader(tmp_path):
     """Simulator, 1 ms per step, 2 batch slots: r0 and r1 run ahead of a 5 tokens/s reader; r2
     arrives at 4.5 ms, is urgent (due within 2 s) and displaces one of them at once (first token at

@@ -119,3 +119,20 @@ def test_clipping_does_not_leak_the_true_length_into_a_hint():
     # a hint is clipped to the same bound as outputs (300), not to the request's own output (50)
     assert [r.output_len_hint for r in clipped] == [20, 80, 300]
     assert [r.output_len for r in clipped] == [50, 50, 300]
+
+
+def test_multi_turn_resends_a_growing_history():
+    from workloads import multi_turn
+
+    t = multi_turn(num_requests=40, rate=1.0, turns=4, think_s=2.0, system_blocks=2, turn_blocks=1, user_len=10, seed=5)
+    assert len(t) == 40 and [r.arrival_s for r in t] == sorted(r.arrival_s for r in t)
+    conv0 = sorted((r for r in t if r.request_id.startswith("conv0-")), key=lambda r: r.arrival_s)
+    assert [r.request_id for r in conv0] == ["conv0-turn0", "conv0-turn1", "conv0-turn2", "conv0-turn3"]
+    # turn k: 2 system blocks + k earlier turns of 512 tokens, each a prefix of the next, + 10 new tokens
+    assert [len(r.prefix_hash_ids) for r in conv0] == [2, 3, 4, 5]
+    assert [r.prompt_len for r in conv0] == [2 * 512 + 10, 3 * 512 + 10, 4 * 512 + 10, 5 * 512 + 10]
+    assert all(a.prefix_hash_ids == b.prefix_hash_ids[: len(a.prefix_hash_ids)] for a, b in zip(conv0, conv0[1:]))
+    others = {h for r in t if not r.request_id.startswith("conv0-") for h in r.prefix_hash_ids}
+    assert not others & set(conv0[-1].prefix_hash_ids)  # conversations share nothing
+    with pytest.raises(ValueError, match="think_s"):
+        multi_turn(num_requests=5, think_s=-1.0)

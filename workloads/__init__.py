@@ -10,6 +10,7 @@
 from pathlib import Path
 
 from workloads.loaders import LOADERS, TraceFormatError, load_trace
+from workloads.multi_turn import multi_turn
 from workloads.prompts import materialize
 from workloads.records import RequestRecord
 from workloads.synthetic import sample_lengths, synthetic
@@ -27,5 +28,5 @@ SAMPLES = {
 
 __all__ = [
     "LOADERS", "SAMPLES", "Request", "RequestRecord", "Trace", "TraceFormatError", "clip_lengths",
-    "load_trace", "materialize", "sample_lengths", "synthetic", "time_scale", "truncate", "with_rate",
+    "load_trace", "materialize", "multi_turn", "sample_lengths", "synthetic", "time_scale", "truncate", "with_rate",
 ]
