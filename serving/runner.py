@@ -25,7 +25,7 @@ from serving.server import ServerStartError, VLLMServer, vllm_build, vllm_versio
 from workloads.loadgen import replay, warmup_copies
 from workloads.metrics import summarize
 from workloads.records import RequestRecord
-from workloads.server_metrics import replay_with_server_metrics, server_summary
+from workloads.server_metrics import LoadResult, replay_with_server_metrics, server_summary
 
 
 def server_args(cfg: DictConfig) -> list[str]:
@@ -103,6 +103,7 @@ class CellRunner:
     def __init__(self) -> None:
         self.server: VLLMServer | None = None
         self.stopped = threading.Event()
+        self.phase = "start-up"  # what the server is doing (named in a failure)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -130,6 +131,7 @@ class CellRunner:
             raise CellFailed(self._died(server, log_path, phase), str(log_path), info=info, records=records)
 
     def run(self, spec: CellSpec, progress: CellProgress, model_root: str | Path) -> CellResult:
+        """Start the cell's server, warm it up, replay the workload, stop the server."""
         cfg = spec.config()
         t_start = time.monotonic()
         out_dir = Path(spec.out_dir)
@@ -142,6 +144,14 @@ class CellRunner:
                             startup_timeout_s=be.startup_timeout_s, env=dict(be.env))  # fmt: skip
         info = {"vllm_version": vllm_version(), "vllm_build": vllm_build(),
                 "server_command": " ".join(server.command())}  # fmt: skip
+        warm, result = self._serve(server, spec, be, progress, log_path, info)
+        return CellResult(records=result.records, summary=_cell_summary(cfg, warm, result), timeseries=result.samples,
+                          log_path=str(log_path), info=info, wall_s=time.monotonic() - t_start)  # fmt: skip
+
+    def _serve(self, server: VLLMServer, spec: CellSpec, be: Any, progress: CellProgress, log_path: Path,
+               info: dict) -> tuple[list[RequestRecord], LoadResult]:  # fmt: skip
+        """The server's life: start, (warm-up) replay, stop — under the cell's watchdog; every failure a
+        ``CellFailed`` naming its phase, Ctrl-C (``stop()``) a ``KeyboardInterrupt``."""
         timed_out = threading.Event()
 
         def watchdog() -> None:
@@ -152,63 +162,79 @@ class CellRunner:
         timer.daemon = True
         self.server = server
         gone = threading.Event()  # the server process exited: the replay stops sending
-        phase = "start-up"
+        self.phase = "start-up"
         try:
             if self.stopped.is_set():
                 raise KeyboardInterrupt("stopped before start")
             timer.start()
-            progress.phase("starting server")
-            try:
-                server.start()
-            except ServerStartError as e:
-                why = "timed out" if timed_out.is_set() else "failed to start"
-                raise CellFailed(f"vLLM server {why}: {error_line(log_path) or e}\n{e}", str(log_path),
-                                 info=info) from None
+            self._start(server, progress, log_path, info, timed_out)
             threading.Thread(target=_watch_exit, args=(server, gone), daemon=True).start()
-            warm = []
-            if be.get("warmup_replay", False):
-                phase = "warm-up replay"
-                progress.phase(phase)
-                warm = replay(server.url, server.model_name, warmup_copies(spec.requests),
-                              request_timeout_s=be.request_timeout_s, abort=gone)  # fmt: skip
-                self._check_server(server, log_path, info, "warm-up replay", _as_warmup(warm))
-            phase = "replay"
-            progress.phase("replaying")
-            result = replay_with_server_metrics(
-                server.url, server.model_name, spec.requests,
-                sample_interval_s=be.metrics_interval_s, warmup=be.warmup_requests,
-                request_timeout_s=be.request_timeout_s, on_progress=lambda d, t, f: progress.requests(d, t, f),
-                abort=gone,
-            )  # fmt: skip
+            warm, result = self._replay(server, spec, be, progress, log_path, info, gone)
             if timed_out.is_set():
                 raise CellFailed(f"cell timed out after {be.cell_timeout_s:.0f} s", str(log_path), info=info,
                                  records=result.records)  # fmt: skip
-            self._check_server(server, log_path, info, "replay", _as_warmup(warm) + result.records)
+            self._check_server(server, log_path, info, self.phase, _as_warmup(warm) + result.records)
+            return warm, result
         except CellFailed:
             raise
         except Exception as e:
-            if timed_out.is_set():
-                raise CellFailed(f"cell timed out after {be.cell_timeout_s:.0f} s", str(log_path), info=info) from e
-            if self.stopped.is_set():
-                raise KeyboardInterrupt("cell stopped") from e
-            if not server.is_alive():
-                raise CellFailed(f"{self._died(server, log_path, phase)}\n({phase}: {type(e).__name__}: {e})",
-                                 str(log_path), info=info) from e
-            raise CellFailed(f"{type(e).__name__}: {e}\n{server.log_tail()}", str(log_path), info=info) from e
+            raise self._failure(e, server, be, log_path, info, timed_out) from e
         finally:
             gone.set()  # also ends the watcher
             timer.cancel()
             progress.phase("stopping server")
             server.stop()
             self.server = None
-        summary: dict[str, Any] = summarize(
-            result.records, slo_ttft_ms=cfg.slo_ttft_ms, slo_tpot_ms=cfg.slo_tpot_ms
-        )
-        summary.update(server_summary(result.server_before, result.server_after, result.samples))
-        summary.update(warmup_required=float(vllm_build() == "cpu"), warmup_replay_requests=float(len(warm)),
-                       warmup_replay_failed=float(sum(not r.ok for r in warm)))  # fmt: skip
-        if warm:  # the cold replay's latencies, beside the measured warm ones (how much the warm-up mattered)
-            cold = summarize(warm)
-            summary.update({f"warmup_replay_{k}": cold[k] for k in ("ttft_ms_p50", "ttft_ms_p99", "e2e_ms_p50")})
-        return CellResult(records=result.records, summary=summary, timeseries=result.samples,
-                          log_path=str(log_path), info=info, wall_s=time.monotonic() - t_start)  # fmt: skip
+
+    @staticmethod
+    def _start(server: VLLMServer, progress: CellProgress, log_path: Path, info: dict, timed_out: threading.Event) -> None:
+        progress.phase("starting server")
+        try:
+            server.start()
+        except ServerStartError as e:
+            why = "timed out" if timed_out.is_set() else "failed to start"
+            raise CellFailed(f"vLLM server {why}: {error_line(log_path) or e}\n{e}", str(log_path), info=info) from None
+
+    def _replay(self, server: VLLMServer, spec: CellSpec, be: Any, progress: CellProgress, log_path: Path, info: dict,
+                gone: threading.Event) -> tuple[list[RequestRecord], LoadResult]:  # fmt: skip
+        """The warm-up replay (``backend.warmup_replay``; checked for a dead server), then the measured one."""
+        warm: list[RequestRecord] = []
+        if be.get("warmup_replay", False):
+            self.phase = "warm-up replay"
+            progress.phase(self.phase)
+            warm = replay(server.url, server.model_name, warmup_copies(spec.requests),
+                          request_timeout_s=be.request_timeout_s, abort=gone)  # fmt: skip
+            self._check_server(server, log_path, info, self.phase, _as_warmup(warm))
+        self.phase = "replay"
+        progress.phase("replaying")
+        result = replay_with_server_metrics(
+            server.url, server.model_name, spec.requests,
+            sample_interval_s=be.metrics_interval_s, warmup=be.warmup_requests,
+            request_timeout_s=be.request_timeout_s, on_progress=lambda d, t, f: progress.requests(d, t, f),
+            abort=gone,
+        )  # fmt: skip
+        return warm, result
+
+    def _failure(self, e: Exception, server: VLLMServer, be: Any, log_path: Path, info: dict,
+                 timed_out: threading.Event) -> BaseException:  # fmt: skip
+        """What an unexpected exception in a phase means: a timeout, Ctrl-C, a dead server, or itself."""
+        if timed_out.is_set():
+            return CellFailed(f"cell timed out after {be.cell_timeout_s:.0f} s", str(log_path), info=info)
+        if self.stopped.is_set():
+            return KeyboardInterrupt("cell stopped")
+        if not server.is_alive():
+            return CellFailed(f"{self._died(server, log_path, self.phase)}\n({self.phase}: {type(e).__name__}: {e})",
+                              str(log_path), info=info)  # fmt: skip
+        return CellFailed(f"{type(e).__name__}: {e}\n{server.log_tail()}", str(log_path), info=info)
+
+
+def _cell_summary(cfg: Any, warm: list[RequestRecord], result: LoadResult) -> dict[str, Any]:
+    """Client metrics with the cell's SLOs, the server's own counters, and how the warm-up went."""
+    summary: dict[str, Any] = summarize(result.records, slo_ttft_ms=cfg.slo_ttft_ms, slo_tpot_ms=cfg.slo_tpot_ms)
+    summary.update(server_summary(result.server_before, result.server_after, result.samples))
+    summary.update(warmup_required=float(vllm_build() == "cpu"), warmup_replay_requests=float(len(warm)),
+                   warmup_replay_failed=float(sum(not r.ok for r in warm)))  # fmt: skip
+    if warm:  # the cold replay's latencies, beside the measured warm ones (how much the warm-up mattered)
+        cold = summarize(warm)
+        summary.update({f"warmup_replay_{k}": cold[k] for k in ("ttft_ms_p50", "ttft_ms_p99", "e2e_ms_p50")})
+    return summary

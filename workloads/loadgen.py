@@ -94,26 +94,34 @@ async def run_load(
                 await res
         if on_progress is not None:
             on_progress(0, len(reqs), 0)
-        # A materialized trace holds millions of token ids in lists; a full GC pass over them would
-        # stall the event loop for tens of ms mid-run. Freeze what exists now out of the collector.
-        gc.collect()
-        gc.freeze()
-        run.t0 = time.perf_counter()
-        stalls: list[tuple[float, float]] = []
-        watch = asyncio.create_task(_watch_loop(run, stalls))
-        try:
-            if closed_loop_users:
-                records = await _closed_loop(run, reqs, bodies, closed_loop_users)
-            else:
-                records = await _open_loop(run, reqs, bodies, sem)
-        finally:
-            watch.cancel()
-        _mark_client_stalls(records, stalls)
+        records = await _measure(run, reqs, bodies, sem, closed_loop_users)
         return list(warm) + records
     finally:
         gc.unfreeze()
         if own:
             await session.close()
+
+
+async def _measure(run: _Run, reqs: list[Request], bodies: list[bytes | str], sem: asyncio.Semaphore | None,
+                   closed_loop_users: int | None) -> list[RequestRecord]:  # fmt: skip
+    """The measured replay, on a clock started now, with the client's own stalls marked per request."""
+    # A materialized trace holds millions of token ids in lists; a full GC pass over them would
+    # stall the event loop for tens of ms mid-run. Freeze what exists now out of the collector
+    # (run_load unfreezes it).
+    gc.collect()
+    gc.freeze()
+    run.t0 = time.perf_counter()
+    stalls: list[tuple[float, float]] = []
+    watch = asyncio.create_task(_watch_loop(run, stalls))
+    try:
+        if closed_loop_users:
+            records = await _closed_loop(run, reqs, bodies, closed_loop_users)
+        else:
+            records = await _open_loop(run, reqs, bodies, sem)
+    finally:
+        watch.cancel()
+    _mark_client_stalls(records, stalls)
+    return records
 
 
 async def _watch_loop(run: _Run, stalls: list[tuple[float, float]], period_s: float = 0.002) -> None:
