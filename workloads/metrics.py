@@ -47,8 +47,8 @@ def jain_index(values: Iterable[float]) -> float:
 
 # Andes QoE (Liu et al., "Andes: Defining and Enhancing Quality-of-Experience in LLM-Based Text
 # Streaming Services", arXiv:2404.16283): the reader expects the first token after QOE_TTFT_S and
-# then QOE_TDS tokens per second. 5 tokens/s ~ an average silent reading speed of ~240 words/min
-# (Brysbaert, 2019) at ~0.75 words per token; our choice, see docs/reproductions.md.
+# then QOE_TDS tokens per second. 5 tokens/s at ~0.75 words per token is ~225 words/min, near an
+# average silent reading speed (~240 words/min, Brysbaert, 2019); our choice, see docs/reproductions.md.
 QOE_TTFT_S = 1.0
 QOE_TDS = 5.0
 
