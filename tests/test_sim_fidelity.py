@@ -70,21 +70,37 @@ def _tolerance(metric: str, self_err: float) -> float:
     return max(base, min(cap, 2 * self_err))
 
 
+def _scaled(profile, factor: float):
+    """The step model with every step-time term times ``factor`` (front-end latencies unchanged)."""
+    return dataclasses.replace(profile, **{f"c{k}": factor * getattr(profile, f"c{k}") for k in range(7)})
+
+
 def test_calibrated_sim_matches_real_server_on_heldout_workload(real):
+    """Two questions, asked apart. (1) Does the calibrated step model predict the held-out replays'
+    own engine steps? Within 20% on average (measured: 0.94-1.16). (2) Does the simulated Scheduler,
+    at the speed the machine ran during those replays, give the server's latencies? The machine's
+    speed drifts by +-20% over seconds, and this workload runs near saturation: a step model 10%
+    slow put the sim's TTFT p90 117% high in one CI run (spread of one replay vs the pool: 11%).
+    So (2) rescales the step model by the replays' measured/predicted step time before comparing."""
     from simulator.fidelity import (SIM_RUNS, Comparison, real_pooled, real_pooled_unstalled, self_spread, sim_kwargs,
                                     sim_pooled, step_model_ratio)  # fmt: skip
 
     cal, measured = real["cal"], real["measured"]
     p = cal.profile
     assert p.meta["num_steps"] > 100 and p.c0 > 0
+    ratios = [step_model_ratio(p, run, cal.step_log) for run in measured]
+    print("\nstep model on each replay's own steps, predicted/measured: " + " ".join(f"{r:.3f}" for r in ratios))
+    speed = sum(ratios) / len(ratios)
+    assert 1 / 1.2 < speed < 1.2, f"step model off the held-out steps by {speed:.2f}x"
     real_m, each = real_pooled(measured, cal.step_log)
     kw = sim_kwargs(p, measured[0], cal.step_log)
-    sim, _ = sim_pooled(real["replays"][0], real["model_dir"], p, **kw)
+    at_speed = _scaled(p, 1 / speed)
+    sim, _ = sim_pooled(real["replays"][0], real["model_dir"], at_speed, **kw)
+    as_calibrated = Comparison(real_m, sim_pooled(real["replays"][0], real["model_dir"], p, **kw)[0])
     cmp, spread = Comparison(real_m, sim), self_spread(real_m, each)
-    print("\nsim vs real (pooled replays)\n" + cmp.table())
+    print(f"sim (step model x {1 / speed:.3f}) vs real (pooled replays)\n" + cmp.table())
+    print("as calibrated (unscaled): " + ", ".join(f"{m} {as_calibrated.rel_err(m):.1%}" for m in TOLERANCES))
     print("one real replay vs the pool: " + ", ".join(f"{m} {v:.1%}" for m, v in spread.items()))
-    print("step model on each replay's own steps, predicted/measured: "
-          + " ".join(f"{step_model_ratio(p, run, cal.step_log):.3f}" for run in measured))  # fmt: skip
     unstalled, left_out = real_pooled_unstalled(measured)
     print(f"without the {left_out} real requests a client stall hit: "
           + ", ".join(f"{m} {Comparison(unstalled, sim).rel_err(m):.1%}" for m in ("ttft_ms_p50", "ttft_ms_p90")))  # fmt: skip
@@ -99,7 +115,7 @@ def test_calibrated_sim_matches_real_server_on_heldout_workload(real):
     assert abs(sim[pre] - real_m[pre]) <= 3
 
     # The check can fail: the same sim with every step twice as long is out of tolerance.
-    slow = dataclasses.replace(p, **{f"c{k}": 2 * getattr(p, f"c{k}") for k in range(7)})
+    slow = _scaled(at_speed, 2.0)
     slow_err = Comparison(real_m, sim_pooled(real["replays"][0], real["model_dir"], slow, **kw)[0]).rel_err("tpot_ms_p50")
     print(f"step model 2x slower: tpot_ms_p50 error {slow_err:.1%}")
     assert slow_err > tols["tpot_ms_p50"]
