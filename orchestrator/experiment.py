@@ -41,7 +41,7 @@ from orchestrator.report import (
 from serving.server import vllm_version
 from orchestrator.signals import signal_name, signals_ignored, stop_signals_raise
 from orchestrator.tracking import StoreError, Tracker, run_coords, run_identity
-from orchestrator.validity import disturbance_reasons, invalid_reasons, verdict
+from orchestrator.validity import invalid_reasons, only_disturbed, verdict
 from orchestrator.workload import build_requests
 from workloads.metrics import load_records, records_frame, save_parquet
 
@@ -345,9 +345,7 @@ def _finish_cell(spec: CellSpec, outcome: object, started: tuple, tracker: Track
         return False
     status[spec.key] = ("FINISHED", run_id, wall)
     gp.cell_done(task, f"[green]FINISHED[/] {spec.label}  {wall:.1f} s  {line}")
-    summary = {"num_trace_requests": float(len(spec.requests)), **outcome.summary}
-    reasons = invalid_reasons(summary, cfg.validity)
-    return bool(reasons) and not cfg.invalid_ok and reasons == disturbance_reasons(summary, cfg.validity)
+    return not cfg.invalid_ok and only_disturbed(outcome.summary, cfg.validity)  # _record_success added num_trace_requests
 
 
 def _write_cells_csv(cells: list[CellData], status: dict, path: Path) -> None:

@@ -26,29 +26,23 @@ from rich.table import Table  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from orchestrator.report import CellData  # noqa: E402
+from orchestrator.stats import t_interval  # noqa: E402
 
 
 def ratio_ci(ratios: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """Geometric mean of per-seed ratios and its t-interval (log scale); NaN bounds with one seed."""
-    logs = np.log(np.asarray([r for r in ratios if r > 0 and math.isfinite(r)], dtype=float))
-    if logs.size == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(logs.mean())
-    if logs.size < 2:
-        return math.exp(mean), math.nan, math.nan
-    half = stats.t.ppf(0.5 + level / 2, logs.size - 1) * logs.std(ddof=1) / math.sqrt(logs.size)
-    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+    m, lo, hi = mean_ci([math.log(r) for r in ratios if r > 0 and math.isfinite(r)], level)
+    return math.exp(m), math.exp(lo), math.exp(hi)
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean and its t-interval over seeds."""
-    a = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
-    if a.size == 0:
+    a = [v for v in values if math.isfinite(v)]
+    if not a:
         return math.nan, math.nan, math.nan
-    if a.size < 2:
-        return float(a.mean()), math.nan, math.nan
-    half = stats.t.ppf(0.5 + level / 2, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size)
-    return float(a.mean()), float(a.mean() - half), float(a.mean() + half)
+    if len(a) < 2:
+        return float(a[0]), math.nan, math.nan
+    return (float(np.mean(a)), *t_interval(a, level))
 
 
 def coord(c: CellData, key: str, default: str = "") -> str:

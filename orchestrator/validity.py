@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from workloads.metrics import CLIENT_STALL_SHARE
+
 NAN = float("nan")
 
 
@@ -48,12 +50,18 @@ def disturbance_reasons(summary: Mapping[str, Any], bounds: Any) -> list[str]:
     if completed > 0 and stalled > bounds.max_client_stalled_fraction * completed:
         share = _get(summary, "client_stall_share_max")
         out.append(f"client stalls: {stalled:.0f} of {completed:.0f} requests have a TTFT or e2e that a pause of the "
-                   f"load generator may have lengthened by > 10% (up to {share:.0%}; "
+                   f"load generator may have lengthened by > {CLIENT_STALL_SHARE:.0%} (up to {share:.0%}; "
                    f"validity.max_client_stalled_fraction={bounds.max_client_stalled_fraction:g})")
     lag = _get(summary, "send_lag_ms_p99")
     if lag > bounds.max_send_lag_ms_p99:
         out.append(f"send lag p99 {lag:.0f} ms > validity.max_send_lag_ms_p99={bounds.max_send_lag_ms_p99:g}")
     return out
+
+
+def only_disturbed(summary: Mapping[str, Any], bounds: Any) -> bool:
+    """Invalid, and only for the machine's reasons: worth running again (``validity.retries``)."""
+    reasons = invalid_reasons(summary, bounds)
+    return bool(reasons) and reasons == disturbance_reasons(summary, bounds)
 
 
 def verdict(summary: Mapping[str, Any], bounds: Any) -> dict[str, Any]:
